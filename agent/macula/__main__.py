@@ -1,0 +1,3 @@
+from macula.cli.main import main
+
+raise SystemExit(main())

@@ -1,0 +1,172 @@
+"""The configuration schema: every key, its type, its default and its check.
+
+Sections are frozen dataclasses. Each field's metadata holds a one-line doc and a
+check that raises ValueError with the expected value; the loader turns that into a
+ConfigError naming the key. Limits have no static defaults: they come from the
+hardware profile (macula.hw), so a Pi Zero and a Pi 5 get different bounds.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+Check = Callable[[Any], None]
+
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+def _opt(doc: str, check: Check | None = None, **kw: Any) -> Any:
+    return field(metadata={"doc": doc, "check": check}, **kw)
+
+
+def one_of(*choices: str) -> Check:
+    def check(v: Any) -> None:
+        if v not in choices:
+            raise ValueError(f"one of {', '.join(repr(c) for c in choices)}")
+    return check
+
+
+def int_range(lo: int, hi: int) -> Check:
+    def check(v: Any) -> None:
+        if not lo <= v <= hi:
+            raise ValueError(f"an integer in [{lo}, {hi}]")
+    return check
+
+
+def float_range(lo: float, hi: float) -> Check:
+    def check(v: Any) -> None:
+        if not lo <= v <= hi:
+            raise ValueError(f"a number in [{lo}, {hi}]")
+    return check
+
+
+def name_or_empty(v: Any) -> None:
+    if v and not NAME_RE.fullmatch(v):
+        raise ValueError("1-64 characters of A-Z a-z 0-9 . _ -, starting with a letter or digit")
+
+
+def name(v: Any) -> None:
+    if not NAME_RE.fullmatch(v):
+        raise ValueError("1-64 characters of A-Z a-z 0-9 . _ -, starting with a letter or digit")
+
+
+def parse_address(text: str, default_port: int) -> tuple[str, int]:
+    """'host', 'host:port', '[v6]:port' or 'quic://host:port' -> (host, port)."""
+    s = text.strip()
+    for prefix in ("quic://", "https://", "macula://"):
+        if s.startswith(prefix):
+            s = s[len(prefix):]
+    s = s.rstrip("/")
+    if not s:
+        raise ValueError("host[:port]")
+    if s.startswith("["):
+        host, sep, rest = s[1:].partition("]")
+        if not sep:
+            raise ValueError("[ipv6]:port")
+        port_text = rest[1:] if rest.startswith(":") else ""
+    elif s.count(":") == 1:
+        host, port_text = s.split(":")
+    else:
+        host, port_text = s, ""
+    if not host:
+        raise ValueError("host[:port] with a host")
+    if port_text:
+        if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+            raise ValueError("host:port with a port in 1..65535")
+        return host, int(port_text)
+    return host, default_port
+
+
+def seed_list(v: Any) -> None:
+    for item in v:
+        parse_address(item, 1)
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    name: str = _opt("human-readable node name; empty = this host's name", name_or_empty, default="")
+    realm: str = _opt("namespace this node belongs to; peers of other realms are refused",
+                      name, default="default")
+    state_dir: str = _opt("keys, certificates and pinned peers; empty = /var/lib/macula "
+                          "when run as a service, else ~/.local/state/macula", default="")
+    runtime_dir: str = _opt("control socket; empty = /run/macula or $XDG_RUNTIME_DIR/macula",
+                            default="")
+    log_level: str = _opt("debug, info, warning or error",
+                          one_of("debug", "info", "warning", "error"), default="info")
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    listen_host: str = _opt("address to bind the node's UDP socket to", default="0.0.0.0")
+    listen_port: int = _opt("UDP port for QUIC (0 = any free port)", int_range(0, 65535),
+                            default=9443)
+    advertise_host: str = _opt("address peers should dial; empty = the listen address, or "
+                               "the address seeds observe", default="")
+    seeds: tuple[str, ...] = _opt("well-known nodes to join through, 'host:port'", seed_list,
+                                  default=())
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    mode: str = _opt("development (self-signed, peers pinned on first use) or production "
+                     "(certificates from a CA)", one_of("development", "production"),
+                     default="development")
+    cert_file: str = _opt("production: this node's certificate (PEM, ECDSA P-256)", default="")
+    key_file: str = _opt("production: the certificate's private key (PEM)", default="")
+    ca_file: str = _opt("production: CA bundle that peers' certificates must chain to",
+                        default="")
+
+
+@dataclass(frozen=True)
+class TimeoutsConfig:
+    connect: float = _opt("seconds to establish a connection and session", float_range(0.1, 300),
+                          default=10.0)
+    idle: float = _opt("QUIC idle timeout: a silent connection is closed after this",
+                       float_range(1, 3600), default=60.0)
+    keepalive: float = _opt("seconds between PINGs on an otherwise quiet connection",
+                            float_range(0.1, 600), default=15.0)
+    pool_idle: float = _opt("an unused pooled connection is closed after this",
+                            float_range(1, 86400), default=300.0)
+    reconnect_base: float = _opt("first reconnect delay (doubles, with jitter)",
+                                 float_range(0.01, 60), default=0.5)
+    reconnect_cap: float = _opt("longest reconnect delay", float_range(0.1, 3600), default=30.0)
+    shutdown: float = _opt("seconds to drain connections on shutdown", float_range(0, 60),
+                           default=2.0)
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    """Bounds; defaults come from the hardware profile (see `macula hw`)."""
+    max_peers: int = _opt("node-to-node connections kept at once", int_range(1, 100000))
+    max_clients: int = _opt("light clients attached at once", int_range(0, 100000))
+    max_frame_bytes: int = _opt("largest frame body accepted or sent", int_range(1024, 16 << 20))
+    send_buffer_bytes: int = _opt("bytes queued per connection before back-pressure",
+                                  int_range(16 << 10, 1 << 30))
+    pinned_peers: int = _opt("entries in the TOFU store of pinned peers", int_range(16, 1 << 20))
+    bad_frames_per_minute: int = _opt("protocol errors tolerated from a peer before it is "
+                                      "disconnected", int_range(1, 100000))
+
+
+SECTIONS: dict[str, type] = {
+    "node": NodeConfig,
+    "network": NetworkConfig,
+    "tls": TlsConfig,
+    "timeouts": TimeoutsConfig,
+    "limits": LimitsConfig,
+}
+
+
+@dataclass(frozen=True)
+class Config:
+    node: NodeConfig
+    network: NetworkConfig
+    tls: TlsConfig
+    timeouts: TimeoutsConfig
+    limits: LimitsConfig
+    source: str = "embedded defaults"
+    hw_profile: str = "generic"
+
+    def seed_addresses(self) -> list[tuple[str, int]]:
+        return [parse_address(s, 9443) for s in self.network.seeds]

@@ -1,0 +1,81 @@
+"""The node identity: an Ed25519 key made on first start; node ID = SHA-256(public key)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+from macula.errors import StateError
+from macula.identity.crypto import Ed25519Signer
+from macula.identity.files import ensure_private_dir, write_atomic
+
+IDENTITY_FILE = "identity.key"
+PEM_HEADER = b"-----BEGIN PRIVATE KEY-----"
+
+
+def node_id_of(public_key: bytes) -> bytes:
+    return hashlib.sha256(public_key).digest()
+
+
+@dataclass(frozen=True)
+class Identity:
+    signer: Ed25519Signer
+    path: Path | None
+
+    @property
+    def public_key(self) -> bytes:
+        return self.signer.public_key
+
+    @property
+    def node_id(self) -> bytes:
+        return node_id_of(self.signer.public_key)
+
+    def sign(self, data: bytes) -> bytes:
+        return self.signer.sign(data)
+
+
+def _pem_to_der(pem: bytes) -> bytes:
+    import base64
+
+    lines = [ln for ln in pem.strip().splitlines() if ln and not ln.startswith(b"-----")]
+    return base64.b64decode(b"".join(lines), validate=True)
+
+
+def generate_identity_pem() -> bytes:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    return ed25519.Ed25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption())
+
+
+def load_or_create_identity(state_dir: Path) -> Identity:
+    """Load ``state_dir/identity.key`` or create it (0600, written atomically)."""
+    state_dir = ensure_private_dir(Path(state_dir))
+    path = state_dir / IDENTITY_FILE
+    if not path.exists():
+        write_atomic(path, generate_identity_pem(), 0o600)
+    try:
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+        pem = path.read_bytes()
+    except OSError as exc:
+        raise StateError(f"cannot read identity key {path}: {exc.strerror}") from None
+    if mode & 0o077:
+        raise StateError(f"identity key {path} is readable by others (mode {mode:o}); "
+                         f"run: chmod 600 {path}")
+    if PEM_HEADER not in pem:
+        raise StateError(f"identity key {path} is not a PEM PKCS#8 private key")
+    try:
+        signer = Ed25519Signer(_pem_to_der(pem))
+    except Exception:
+        raise StateError(f"identity key {path} is not a valid Ed25519 key") from None
+    return Identity(signer, path)
+
+
+def ephemeral_identity() -> Identity:
+    """An identity that lives only in memory (light clients, tests)."""
+    return Identity(Ed25519Signer(_pem_to_der(generate_identity_pem())), None)

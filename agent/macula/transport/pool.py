@@ -1,0 +1,338 @@
+"""The connection pool: every session of a node, bounded, reused and kept alive.
+
+- Node peers live in a BoundedPool (``max_peers``) in LRU order of application
+  traffic; when it is full the least recently used peer that is not a wanted peer
+  (a seed) is sent GOAWAY to make room, and if none may go the newcomer is refused
+  with OVERLOADED. Light clients have their own bound (``max_clients``).
+- ``connect(host, port)`` reuses a live session to that address, joins a dial
+  already under way, or dials.
+- Wanted addresses (seeds) are redialled after a drop with exponential backoff and
+  full jitter; a peer unused for ``idle_ttl`` is closed.
+- Every ``keepalive`` seconds each session is PINGed; PONGs give its RTT.
+- ``close()``: GOAWAY to all, wait for send buffers to drain (bounded), close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from macula.errors import ErrorCode, SessionRefused
+from macula.runtime.backoff import Backoff
+from macula.runtime.clock import Clock, MonotonicClock
+from macula.runtime.pool import BoundedPool, PoolFull
+from macula.transport.quic import Endpoint, QuicLink
+from macula.transport.session import Session, SessionConfig, State
+
+log = logging.getLogger("macula.pool")
+
+Address = tuple[str, int]
+
+
+@dataclass
+class PoolSettings:
+    max_peers: int = 256
+    max_clients: int = 512
+    idle_ttl: float = 300.0
+    keepalive: float = 15.0
+    connect_timeout: float = 10.0
+    reconnect_base: float = 0.5
+    reconnect_cap: float = 30.0
+    shutdown_timeout: float = 2.0
+
+
+@dataclass
+class _Wanted:
+    backoff: Backoff
+    next_attempt: float = 0.0
+    task: asyncio.Task | None = None
+    last_error: str = ""
+    is_self: bool = False
+
+
+@dataclass
+class PoolStats:
+    dials: int = 0
+    dial_failures: int = 0
+    accepted: int = 0
+    refused_full: int = 0
+    evicted: int = 0
+    idle_closed: int = 0
+    duplicates: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+class PeerPool:
+    def __init__(self, endpoint: Endpoint, cfg: SessionConfig, settings: PoolSettings,
+                 clock: Clock | None = None, rng: random.Random | None = None) -> None:
+        self.endpoint = endpoint
+        self.cfg = cfg
+        self.settings = settings
+        self.clock = clock or MonotonicClock()
+        self._rng = rng or random.Random()
+        self._peers: BoundedPool[bytes, Session] = BoundedPool(settings.max_peers, self.clock,
+                                                               settings.idle_ttl)
+        self._clients: dict[bytes, Session] = {}
+        self._pending: set[Session] = set()
+        self._max_pending = max(16, settings.max_peers // 4)
+        self._by_addr: dict[Address, bytes] = {}
+        self._dialing: dict[Address, asyncio.Future] = {}
+        self._wanted: dict[Address, _Wanted] = {}
+        self._maintenance: asyncio.Task | None = None
+        self._closing = False
+        self.stats = PoolStats()
+        self.on_peer_up: Callable[[Session], None] = lambda s: None
+        self.on_peer_down: Callable[[Session], None] = lambda s: None
+        self.on_message: Callable[[Session, Any], None] = lambda s, m: None
+        endpoint.on_accept = self._accept
+
+    # -- views ----------------------------------------------------------------------
+    @property
+    def node_id(self) -> bytes:
+        return self.cfg.identity.node_id
+
+    def peers(self) -> list[Session]:
+        return [s for _, s in self._peers.items()]
+
+    def clients(self) -> list[Session]:
+        return list(self._clients.values())
+
+    def get(self, node_id: bytes) -> Session | None:
+        """The live session to a node (peer or client), marked as used."""
+        session = self._peers.get(node_id)
+        if session is None:
+            session = self._clients.get(node_id)
+        return session if session is not None and session.state is State.ESTABLISHED else None
+
+    def wanted(self) -> dict[Address, str]:
+        """Wanted addresses and their last error ('' when connected)."""
+        return {addr: w.last_error for addr, w in self._wanted.items() if not w.is_self}
+
+    # -- lifecycle ------------------------------------------------------------------
+    def start(self) -> None:
+        if self._maintenance is None:
+            self._maintenance = asyncio.get_running_loop().create_task(self._maintain())
+
+    async def close(self) -> None:
+        self._closing = True
+        if self._maintenance is not None:
+            self._maintenance.cancel()
+        for w in self._wanted.values():
+            if w.task is not None:
+                w.task.cancel()
+        sessions = self.peers() + self.clients()
+        for s in sessions:
+            s.goaway("node shutting down")
+        deadline = self.endpoint.loop.time() + self.settings.shutdown_timeout
+        while any(s.link.buffered for s in sessions if not s.link.closed):
+            if self.endpoint.loop.time() >= deadline:
+                break
+            await asyncio.sleep(0.01)  # drain poll: bounded by the shutdown timeout
+        for s in sessions + list(self._pending):
+            s.close(ErrorCode.GOING_AWAY, "node shut down")
+        await asyncio.sleep(0)  # let the scheduled link closes run before the socket goes
+        self.endpoint.close()
+
+    # -- accepting and dialling ----------------------------------------------------
+    def _new_session(self, link: QuicLink, dial_address: Address | None = None) -> Session:
+        session = Session(link, self.cfg, on_established=self._established,
+                          on_message=self._message, on_closed=self._closed)
+        session.dial_address = dial_address
+        self._pending.add(session)
+        return session
+
+    def _accept(self, link: QuicLink) -> bool:
+        if self._closing or len(self._pending) >= self._max_pending:
+            return False
+        self.stats.accepted += 1
+        self._new_session(link)
+        return True
+
+    async def connect(self, host: str, port: int, timeout: float | None = None) -> Session:
+        """A session to ``host:port``: reused if live, else joined or dialled."""
+        addr = (host, port)
+        node_id = self._by_addr.get(addr)
+        if node_id is not None:
+            live = self.get(node_id)
+            if live is not None:
+                return live
+        dialing = self._dialing.get(addr)
+        if dialing is not None:
+            return await asyncio.shield(dialing)
+        if self._closing:
+            raise SessionRefused("node is shutting down", code=ErrorCode.GOING_AWAY)
+        fut = asyncio.get_running_loop().create_future()
+        self._dialing[addr] = fut
+        self.stats.dials += 1
+        try:
+            session = self._new_session(self.endpoint.dial(host, port), addr)
+            try:
+                result = await asyncio.wait_for(session.established(),
+                                                timeout or self.settings.connect_timeout)
+            except asyncio.TimeoutError:
+                session.close(ErrorCode.TIMEOUT, "connect timed out")
+                raise SessionRefused(f"no session with {host}:{port} within "
+                                     f"{timeout or self.settings.connect_timeout:g} s",
+                                     code=ErrorCode.TIMEOUT) from None
+            except SessionRefused as err:
+                if err.code is ErrorCode.DUPLICATE_SESSION and session.peer is not None:
+                    live = self.get(session.peer.node_id)
+                    if live is not None:
+                        result = live
+                    else:
+                        raise
+                else:
+                    raise
+            fut.set_result(result)
+            return result
+        except BaseException as exc:
+            self.stats.dial_failures += 1
+            if not fut.done():
+                fut.set_exception(exc if isinstance(exc, Exception) else SessionRefused(
+                    "dial cancelled", code=ErrorCode.CANCELLED))
+                fut.exception()
+            raise
+        finally:
+            self._dialing.pop(addr, None)
+
+    def keep_connected(self, host: str, port: int) -> None:
+        """Keep a session to this address (a seed), redialling with backoff."""
+        addr = (host, port)
+        if addr not in self._wanted:
+            self._wanted[addr] = _Wanted(Backoff(self.settings.reconnect_base,
+                                                 self.settings.reconnect_cap, self._rng))
+
+    # -- session events -------------------------------------------------------------
+    def _established(self, session: Session) -> None:
+        self._pending.discard(session)
+        peer = session.peer
+        assert peer is not None
+        if peer.node_id == self.node_id:
+            wanted = self._wanted.get(session.dial_address)  # a seed list naming this node
+            if wanted is not None:
+                wanted.is_self = True
+            session.close(ErrorCode.DUPLICATE_SESSION, "connected to itself")
+            return
+        if peer.role == "client":
+            if len(self._clients) >= self.settings.max_clients:
+                self.stats.refused_full += 1
+                session._refuse(SessionRefused(
+                    f"client limit of {self.settings.max_clients} reached", code=ErrorCode.OVERLOADED))
+                return
+            old = self._clients.get(peer.node_id)
+            self._clients[peer.node_id] = session
+            if old is not None:
+                old.close(ErrorCode.DUPLICATE_SESSION, "replaced by a newer session")
+            self.on_peer_up(session)
+            return
+        existing = self._peers.peek(peer.node_id)
+        if existing is not None and existing.state is State.ESTABLISHED:
+            self.stats.duplicates += 1
+            if self._dialer_of(session) > self._dialer_of(existing):
+                session.close(ErrorCode.DUPLICATE_SESSION, "a session to this node exists")
+                return
+            self._peers.pop(peer.node_id)  # keep the new one, retire the old quietly
+            existing.close(ErrorCode.DUPLICATE_SESSION, "a session to this node exists")
+        try:
+            evicted = self._peers.put(peer.node_id, session, evictable=self._evictable)
+        except PoolFull:
+            self.stats.refused_full += 1
+            session._refuse(SessionRefused(f"peer limit of {self.settings.max_peers} reached",
+                                           code=ErrorCode.OVERLOADED))
+            return
+        for _, old in evicted:
+            self.stats.evicted += 1
+            old.goaway("peer pool full")
+            old.close(ErrorCode.OVERLOADED, "evicted: peer pool full")
+        dial_addr = session.dial_address
+        if dial_addr is not None:
+            self._by_addr[dial_addr] = peer.node_id
+            wanted = self._wanted.get(dial_addr)
+            if wanted is not None:
+                wanted.backoff.reset()
+                wanted.last_error = ""
+        if peer.listen is not None and peer.listen[0] not in ("0.0.0.0", "::"):
+            self._by_addr[peer.listen] = peer.node_id
+        self.on_peer_up(session)
+
+    def _message(self, session: Session, msg: Any) -> None:
+        self.on_message(session, msg)
+
+    def _closed(self, session: Session) -> None:
+        self._pending.discard(session)
+        peer = session.peer
+        if peer is None:
+            return
+        if self._peers.peek(peer.node_id) is session:
+            self._peers.pop(peer.node_id)
+            self._forget_peer(session)
+        elif self._clients.get(peer.node_id) is session:
+            del self._clients[peer.node_id]
+            self.on_peer_down(session)
+
+    def _forget_peer(self, session: Session) -> None:
+        node_id = session.peer.node_id  # type: ignore[union-attr]
+        for addr in [a for a, n in self._by_addr.items() if n == node_id]:
+            del self._by_addr[addr]
+        self.on_peer_down(session)
+
+    def _dialer_of(self, session: Session) -> bytes:
+        assert session.peer is not None
+        return self.node_id if session.dialer else session.peer.node_id
+
+    def _evictable(self, node_id: bytes, session: Session) -> bool:
+        return not any(self._by_addr.get(addr) == node_id for addr in self._wanted)
+
+    # -- maintenance ----------------------------------------------------------------
+    async def _maintain(self) -> None:
+        interval = max(0.05, min(1.0, self.settings.keepalive / 2))
+        last_ping = 0.0
+        while True:
+            try:
+                now = self.clock.now()
+                if now - last_ping >= self.settings.keepalive:
+                    last_ping = now
+                    for s in self.peers() + self.clients():
+                        s.ping()
+                self._expire_idle()
+                self._redial(now)
+            except Exception:  # maintenance must never die; the node would rot silently
+                log.exception("pool maintenance failed")
+            await asyncio.sleep(interval)
+
+    def _expire_idle(self) -> None:
+        for node_id, session in self._peers.items():
+            if session.active or not self._evictable(node_id, session):
+                session.active = False
+                self._peers.touch(node_id)
+        for node_id, session in self._peers.expire_idle():
+            self.stats.idle_closed += 1
+            session.goaway("idle")
+            session.close(ErrorCode.GOING_AWAY, "idle")
+            self._forget_peer(session)
+
+    def _redial(self, now: float) -> None:
+        for addr, w in self._wanted.items():
+            if w.is_self or (w.task is not None and not w.task.done()):
+                continue
+            node_id = self._by_addr.get(addr)
+            if node_id is not None and self.get(node_id) is not None:
+                continue
+            if now < w.next_attempt:
+                continue
+            w.task = asyncio.get_running_loop().create_task(self._dial_wanted(addr, w))
+
+    async def _dial_wanted(self, addr: Address, w: _Wanted) -> None:
+        try:
+            await self.connect(*addr)
+        except (SessionRefused, OSError) as exc:
+            delay = w.backoff.next_delay()
+            w.next_attempt = self.clock.now() + delay
+            message = getattr(exc, "message", None) or str(exc)
+            if message != w.last_error:
+                log.info("seed %s:%d unreachable (%s); retrying with backoff", addr[0], addr[1],
+                         message)
+            w.last_error = message
