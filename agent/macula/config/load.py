@@ -108,17 +108,20 @@ def _env_overrides(env: Mapping[str, str]) -> dict[str, dict[str, str]]:
 
 
 def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = None,
-                limits: Mapping[str, Any] | None = None, hw_profile: str | None = None) -> Config:
+                limits: Mapping[str, Any] | None = None, hw_profile: str | None = None,
+                system_file: bool = True) -> Config:
     """Build a validated Config.
 
-    ``path``: a TOML file; None means /etc/macula/agent.toml if it exists, else only the
-    embedded defaults. ``limits``: the hardware-derived defaults for [limits]; None
-    means detect them now (macula.hw).
+    ``path``: a TOML file; None means $MACULA_CONFIG, else /etc/macula/agent.toml if it
+    exists (and ``system_file``), else only the embedded defaults. ``limits``: the
+    hardware-derived defaults for [limits]; None means detect them now (macula.hw).
     """
     env = os.environ if env is None else env
     if path is None and env.get("MACULA_CONFIG"):
         path = env["MACULA_CONFIG"]
-    if path is None:
+    if path is None and not system_file:
+        data, source = {}, "embedded defaults"
+    elif path is None:
         data, source = ({}, "embedded defaults")
         if DEFAULT_PATH.exists():
             data, source = _read_file(DEFAULT_PATH), str(DEFAULT_PATH)

@@ -170,8 +170,8 @@ class Session:
         self._check_trust(msg.cert, list(msg.chain), msg.name, msg.identity_key)
         addr = self.link.remote_addr
         self.peer = PeerInfo(msg.node_id, msg.name, msg.realm, msg.role,
-                             tuple(msg.listen) if msg.listen else None, msg.identity_key,
-                             tuple(msg.caps), (addr[0], addr[1]))
+                             _reachable(msg.listen, addr), msg.identity_key,
+                             tuple(msg.caps), (_plain_host(addr[0]), addr[1]))
         self._send_control(Connected(
             PROTOCOL_VERSION, cfg.identity.node_id, cfg.realm, cfg.name, cfg.listen,
             cfg.identity.public_key, cfg._identity_sig, (_plain_host(addr[0]), addr[1]), cfg.caps))
@@ -192,7 +192,7 @@ class Session:
         self._check_trust(None, [], msg.name, msg.identity_key)
         addr = self.link.remote_addr
         self.peer = PeerInfo(msg.node_id, msg.name, msg.realm, "node",
-                             tuple(msg.listen) if msg.listen else None, msg.identity_key,
+                             _reachable(msg.listen, addr), msg.identity_key,
                              tuple(msg.caps), (_plain_host(addr[0]), addr[1]))
         self.observed_address = tuple(msg.observed)
         self._establish()
@@ -407,6 +407,16 @@ class Session:
                 "session closed", code=ErrorCode.GOING_AWAY))
             self._established.exception()
         self._on_closed(self)
+
+
+def _reachable(listen: tuple | None, remote_addr: tuple) -> tuple[str, int] | None:
+    """A listen address of 0.0.0.0 / :: means "where you see me": use the source IP."""
+    if listen is None:
+        return None
+    host, port = listen
+    if host in ("0.0.0.0", "::"):
+        host = _plain_host(remote_addr[0])
+    return host, port
 
 
 def _plain_host(host: str) -> str:

@@ -1,0 +1,1 @@
+"""The `macula` command line. Nothing imports this package."""

@@ -1,0 +1,113 @@
+"""Entry point of the `macula` command."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+
+from macula import __version__
+from macula.errors import MaculaError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="macula", description="Macula edge agent")
+    p.add_argument("--version", action="version", version=f"macula {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    def with_config(sp: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        sp.add_argument("--config", "-c", metavar="FILE",
+                        help="TOML config (default: $MACULA_CONFIG or /etc/macula/agent.toml)")
+        return sp
+
+    with_config(sub.add_parser("run", help="run a node in the foreground"))
+    demo = sub.add_parser("demo", help="a local mesh of real nodes on loopback")
+    demo.add_argument("--nodes", type=int, default=5, help="how many nodes (default 5)")
+    demo.add_argument("--duration", type=float, default=10.0, help="seconds to run (default 10)")
+    keys = sub.add_parser("keys", help="this node's identity and pinned peers")
+    keys_sub = keys.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
+    with_config(keys_sub.add_parser("show", help="node id, keys and pinned peers"))
+    forget = with_config(keys_sub.add_parser("forget", help="drop the pin of a reinstalled peer"))
+    forget.add_argument("name")
+    forget.add_argument("--realm")
+    cfg = sub.add_parser("config", help="show or check configuration")
+    cfg_sub = cfg.add_subparsers(dest="config_command", metavar="ACTION", required=True)
+    with_config(cfg_sub.add_parser("show", help="the effective configuration"))
+    cfg_sub.add_parser("defaults", help="a commented file with every key at its default")
+    check = cfg_sub.add_parser("check", help="validate a config file")
+    check.add_argument("file")
+    status = with_config(sub.add_parser("status", help="ask the running node how it is"))
+    status.add_argument("--json", action="store_true")
+    return p
+
+
+def _load(args: argparse.Namespace):
+    from macula.config import load_config
+
+    return load_config(getattr(args, "config", None))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command is None:
+        build_parser().print_help()
+        return 2
+    try:
+        return _dispatch(args)
+    except MaculaError as exc:
+        print(f"macula: error {int(exc.code)} {exc.code.name}: {exc.message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    from macula.cli.logs import setup_logging
+
+    if args.command == "run":
+        from macula.cli.run import run_node
+
+        cfg = _load(args)
+        setup_logging(cfg.node.log_level)
+        return asyncio.run(run_node(cfg))
+    if args.command == "demo":
+        from macula.cli.demo import run_demo
+
+        if not 1 <= args.nodes <= 200:
+            print("macula: --nodes must be between 1 and 200", file=sys.stderr)
+            return 2
+        setup_logging("warning")
+        return asyncio.run(run_demo(args.nodes, args.duration))
+    if args.command == "keys":
+        from macula.cli.keys import keys_forget, keys_show
+
+        cfg = _load(args)
+        if args.keys_command == "show":
+            return keys_show(cfg)
+        return keys_forget(cfg, args.name, args.realm)
+    if args.command == "config":
+        return _config(args)
+    if args.command == "status":
+        from macula.cli.status import print_status
+
+        return print_status(_load(args), args.json)
+    raise AssertionError(args.command)
+
+
+def _config(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from macula.config import load_config, render_defaults
+
+    if args.config_command == "defaults":
+        from macula.hw import detect_limits
+
+        print(render_defaults(detect_limits()[1]))
+        return 0
+    cfg = load_config(args.file) if args.config_command == "check" else _load(args)
+    if args.config_command == "check":
+        print(f"{args.file}: valid")
+        return 0
+    print(json.dumps(dataclasses.asdict(cfg), indent=2))
+    return 0

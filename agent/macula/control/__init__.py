@@ -1,0 +1,1 @@
+"""Local control endpoint: a Unix socket the CLI talks to (status, discover, ...)."""

@@ -1,0 +1,113 @@
+"""The control socket: newline-delimited JSON requests and replies on a Unix socket.
+
+``{"cmd": "status"}`` -> ``{"ok": true, "result": {...}}`` or
+``{"ok": false, "error": "...", "code": 500}``. The socket is 0660 in the runtime
+directory (0700 for a user run), so only the service user and its group (operators
+added to it) may use it. Requests and connections are bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
+
+from macula.errors import ErrorCode, MaculaError
+
+if TYPE_CHECKING:
+    from macula.node import Node
+
+log = logging.getLogger("macula.control")
+
+SOCKET_NAME = "control.sock"
+MAX_REQUEST = 64 << 10
+MAX_CONNECTIONS = 16
+REQUEST_TIMEOUT = 30.0
+
+Command = Callable[[dict[str, Any]], Awaitable[Any]]
+
+
+class ControlServer:
+    def __init__(self, node: "Node", runtime_dir: Path) -> None:
+        self.node = node
+        self.path = Path(runtime_dir) / SOCKET_NAME
+        self._server: asyncio.base_events.Server | None = None
+        self._active = 0
+        self.commands: dict[str, Command] = {"status": self._status}
+
+    async def _status(self, _req: dict[str, Any]) -> Any:
+        return self.node.status()
+
+    async def start(self) -> None:
+        self.path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
+        if self.path.exists():
+            self.path.unlink()  # a stale socket from a crash; bind would fail
+        old_umask = os.umask(0o117)  # socket file created 0660
+        try:
+            self._server = await asyncio.start_unix_server(self._client, path=str(self.path),
+                                                           limit=MAX_REQUEST)
+        finally:
+            os.umask(old_umask)
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+        try:
+            self.path.unlink()
+        except FileNotFoundError:
+            pass
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._active >= MAX_CONNECTIONS:
+            writer.close()
+            return
+        self._active += 1
+        try:
+            while True:
+                try:
+                    line = await reader.readline()
+                except (ValueError, asyncio.LimitOverrunError):
+                    await self._reply(writer, {"ok": False, "code": int(ErrorCode.BAD_FIELD),
+                                               "error": f"request longer than {MAX_REQUEST} bytes"})
+                    return
+                if not line:
+                    return
+                await self._reply(writer, await self._handle(line))
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            self._active -= 1
+            writer.close()
+
+    async def _handle(self, line: bytes) -> dict[str, Any]:
+        try:
+            req = json.loads(line)
+            if not isinstance(req, dict) or not isinstance(req.get("cmd"), str):
+                raise ValueError
+        except ValueError:
+            return {"ok": False, "code": int(ErrorCode.BAD_ENCODING),
+                    "error": 'expected one JSON object per line: {"cmd": "...", ...}'}
+        command = self.commands.get(req["cmd"])
+        if command is None:
+            return {"ok": False, "code": int(ErrorCode.UNKNOWN_TYPE),
+                    "error": f"unknown command {req['cmd']!r}; known: {', '.join(sorted(self.commands))}"}
+        try:
+            result = await asyncio.wait_for(command(req), REQUEST_TIMEOUT)
+            return {"ok": True, "result": result}
+        except MaculaError as exc:
+            return {"ok": False, "code": int(exc.code), "error": exc.message}
+        except asyncio.TimeoutError:
+            return {"ok": False, "code": int(ErrorCode.TIMEOUT), "error": "command timed out"}
+        except Exception as exc:
+            log.exception("control command %s failed", req["cmd"])
+            return {"ok": False, "code": int(ErrorCode.INTERNAL), "error": str(exc)}
+
+    @staticmethod
+    async def _reply(writer: asyncio.StreamWriter, body: dict[str, Any]) -> None:
+        writer.write(json.dumps(body, separators=(",", ":")).encode() + b"\n")
+        await writer.drain()

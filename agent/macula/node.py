@@ -1,0 +1,190 @@
+"""One node: composes identity, transport, pool and (later) the protocol cores.
+
+The node owns the event loop side of things: it binds the endpoint, keeps the seeds
+connected, routes every application message to the handler registered for its type,
+and logs peers joining and leaving. Subsystems register handlers with ``on()``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from macula import __version__
+from macula.config import Config
+from macula.errors import ErrorCode
+from macula.identity import (
+    TofuStore, load_or_create_dev_material, load_or_create_identity, load_production_material,
+)
+from macula.identity.tofu import TOFU_FILE
+from macula.transport import Endpoint, PeerPool, PoolSettings, Session, SessionConfig
+from macula.wire.messages import Error
+
+log = logging.getLogger("macula.node")
+
+Handler = Callable[[Session, Any], None]
+
+
+def default_state_dir() -> Path:
+    if os.environ.get("STATE_DIRECTORY"):  # systemd StateDirectory=
+        return Path(os.environ["STATE_DIRECTORY"].split(":")[0])
+    if os.geteuid() == 0:
+        return Path("/var/lib/macula")
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "macula"
+
+
+def default_runtime_dir() -> Path:
+    if os.environ.get("RUNTIME_DIRECTORY"):  # systemd RuntimeDirectory=
+        return Path(os.environ["RUNTIME_DIRECTORY"].split(":")[0])
+    if os.geteuid() == 0:
+        return Path("/run/macula")
+    if os.environ.get("XDG_RUNTIME_DIR"):
+        return Path(os.environ["XDG_RUNTIME_DIR"]) / "macula"
+    return Path(f"/tmp/macula-{os.getuid()}")
+
+
+def node_name(cfg: Config) -> str:
+    if cfg.node.name:
+        return cfg.node.name
+    import re
+    import socket
+
+    host = re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname()).strip(".-_") or "node"
+    return host[:64]
+
+
+class Node:
+    def __init__(self, cfg: Config, *, control: bool = True) -> None:
+        self.cfg = cfg
+        self.name = node_name(cfg)
+        self.state_dir = Path(cfg.node.state_dir) if cfg.node.state_dir else default_state_dir()
+        self.runtime_dir = (Path(cfg.node.runtime_dir) if cfg.node.runtime_dir
+                            else default_runtime_dir())
+        self.started_at = 0.0
+        self.endpoint: Endpoint | None = None
+        self.pool: PeerPool | None = None
+        self.control_enabled = control
+        self._control = None
+        self._handlers: dict[type, Handler] = {}
+        self._stopped = asyncio.Event()
+        self.listen_address: tuple[str, int] | None = None
+        self.peer_listeners: list[Callable[[str, Session], None]] = []
+
+    # -- composition -----------------------------------------------------------------
+    def on(self, msg_cls: type, handler: Handler) -> None:
+        """Route application messages of ``msg_cls`` to ``handler``."""
+        if msg_cls in self._handlers:
+            raise ValueError(f"{msg_cls.__name__} already has a handler")
+        self._handlers[msg_cls] = handler
+
+    @property
+    def node_id(self) -> bytes:
+        assert self.pool is not None
+        return self.pool.node_id
+
+    async def start(self) -> None:
+        cfg = self.cfg
+        identity = load_or_create_identity(self.state_dir)
+        if cfg.tls.mode == "production":
+            tls = load_production_material(cfg.tls.cert_file, cfg.tls.key_file, cfg.tls.ca_file)
+            tofu = None
+        else:
+            tls = load_or_create_dev_material(self.state_dir, identity.node_id)
+            tofu = TofuStore(self.state_dir / TOFU_FILE, cfg.limits.pinned_peers)
+        self.endpoint = Endpoint(tls, idle_timeout=cfg.timeouts.idle)
+        self.listen_address = self.endpoint.bind(cfg.network.listen_host, cfg.network.listen_port)
+        advertise = (cfg.network.advertise_host or self.listen_address[0], self.listen_address[1])
+        session_cfg = SessionConfig(
+            identity=identity, tls=tls, realm=cfg.node.realm, name=self.name, role="node",
+            listen=advertise, caps=("node",), tofu=tofu,
+            max_frame=cfg.limits.max_frame_bytes, send_buffer_bytes=cfg.limits.send_buffer_bytes,
+            bad_frames_per_minute=cfg.limits.bad_frames_per_minute,
+            handshake_timeout=cfg.timeouts.connect)
+        t = cfg.timeouts
+        self.pool = PeerPool(self.endpoint, session_cfg, PoolSettings(
+            max_peers=cfg.limits.max_peers, max_clients=cfg.limits.max_clients,
+            idle_ttl=t.pool_idle, keepalive=t.keepalive, connect_timeout=t.connect,
+            reconnect_base=t.reconnect_base, reconnect_cap=t.reconnect_cap,
+            shutdown_timeout=t.shutdown))
+        self.pool.on_peer_up = self._peer_up
+        self.pool.on_peer_down = self._peer_down
+        self.pool.on_message = self._dispatch
+        self.pool.start()
+        for host, port in cfg.seed_addresses():
+            self.pool.keep_connected(host, port)
+        if self.control_enabled:
+            from macula.control.server import ControlServer
+
+            self._control = ControlServer(self, self.runtime_dir)
+            await self._control.start()
+        self.started_at = time.monotonic()
+        log.info("node %s (%s) listening on %s:%d, realm %r, TLS %s, %d seed(s)",
+                 self.name, identity.node_id.hex()[:12], *self.listen_address, cfg.node.realm,
+                 cfg.tls.mode, len(cfg.network.seeds))
+
+    async def stop(self) -> None:
+        if self._control is not None:
+            await self._control.stop()
+            self._control = None
+        if self.pool is not None:
+            await self.pool.close()
+        self._stopped.set()
+        log.info("node %s stopped", self.name)
+
+    # -- events ---------------------------------------------------------------------
+    def _peer_up(self, session: Session) -> None:
+        p = session.peer
+        assert p is not None
+        log.info("peer joined: %s (%s) %s at %s:%d", p.name, p.short_id, p.role, *p.address)
+        for listener in self.peer_listeners:
+            listener("up", session)
+
+    def _peer_down(self, session: Session) -> None:
+        p = session.peer
+        assert p is not None
+        reason = session.error.message if session.error else "closed"
+        log.info("peer left: %s (%s): %s", p.name, p.short_id, reason)
+        for listener in self.peer_listeners:
+            listener("down", session)
+
+    def _dispatch(self, session: Session, msg: Any) -> None:
+        handler = self._handlers.get(type(msg))
+        if handler is None:
+            if type(msg) is not Error:
+                session.send(Error(int(ErrorCode.UNKNOWN_TYPE),
+                                   f"{type(msg).__name__} is not served by this node", msg.TYPE))
+            return
+        try:
+            handler(session, msg)
+        except Exception:  # a subsystem bug must not take the session or the node down
+            log.exception("handler for %s failed", type(msg).__name__)
+            session.send(Error(int(ErrorCode.INTERNAL), "internal error", msg.TYPE))
+
+    # -- views ----------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        assert self.pool is not None
+        peers = []
+        for s in self.pool.peers() + self.pool.clients():
+            p = s.peer
+            assert p is not None
+            peers.append({"name": p.name, "node_id": p.node_id.hex(), "role": p.role,
+                          "address": f"{p.address[0]}:{p.address[1]}",
+                          "direction": "out" if s.dialer else "in",
+                          "rtt_ms": None if s.rtt is None else round(s.rtt * 1000, 3)})
+        return {
+            "name": self.name, "node_id": self.node_id.hex(), "realm": self.cfg.node.realm,
+            "version": __version__, "tls_mode": self.cfg.tls.mode,
+            "listen": f"{self.listen_address[0]}:{self.listen_address[1]}" if self.listen_address else None,
+            "uptime_s": round(time.monotonic() - self.started_at, 1),
+            "peers": peers,
+            "seeds": {f"{h}:{p}": err for (h, p), err in self.pool.wanted().items()},
+            "hw_profile": self.cfg.hw_profile,
+        }
+
+    async def wait_stopped(self) -> None:
+        await self._stopped.wait()
