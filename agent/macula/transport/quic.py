@@ -69,7 +69,7 @@ class QuicLink:
     """
 
     __slots__ = ("endpoint", "conn", "is_client", "remote_addr", "stream_id", "_pending",
-                 "_pending_bytes", "_timer", "_timer_at", "handshake_done", "closed",
+                 "_pending_bytes", "_unsent", "_timer", "_timer_at", "handshake_done", "closed",
                  "on_handshake", "on_data", "on_closed", "on_transmitted", "close_code",
                  "close_reason", "_cids")
 
@@ -82,6 +82,7 @@ class QuicLink:
         self.stream_id: int | None = conn.get_next_available_stream_id() if is_client else None
         self._pending: list[bytes] = []
         self._pending_bytes = 0
+        self._unsent = 0  # qh3's unsent stream bytes, read once per flush (not per frame)
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._cids: set[bytes] = set()
@@ -105,17 +106,17 @@ class QuicLink:
 
     @property
     def buffered(self) -> int:
-        if self.stream_id is None or self.closed:
-            return self._pending_bytes
-        return self._pending_bytes + self.conn.get_send_buffer_size(self.stream_id)
+        """Bytes queued here plus those qh3 had not sent at the last flush."""
+        return self._pending_bytes + self._unsent
 
     # -- sending --------------------------------------------------------------------
     def queue(self, data: bytes) -> None:
         if self.closed:
             return
+        if not self._pending:  # the first frame of this tick schedules the flush
+            self.endpoint.mark_dirty(self)
         self._pending.append(data)
         self._pending_bytes += len(data)
-        self.endpoint.mark_dirty(self)
 
     def close(self, code: int = 0, reason: str = "") -> None:
         if self.closed:
@@ -183,6 +184,8 @@ class QuicLink:
         sendto = self.endpoint._sendto
         for data, addr in self.conn.datagrams_to_send(now):
             sendto(data, addr)
+        if self.stream_id is not None:
+            self._unsent = self.conn.get_send_buffer_size(self.stream_id)
         self._process_events()  # closing may have produced ConnectionTerminated
         if self.closed:
             return
