@@ -72,6 +72,8 @@ class Node:
         self._control = None
         self._handlers: dict[type, Handler] = {}
         self._stopped = asyncio.Event()
+        self.pubsub = None
+        self.rpc = None
         self.listen_address: tuple[str, int] | None = None
         self.peer_listeners: list[Callable[[str, Session], None]] = []
 
@@ -115,6 +117,7 @@ class Node:
         self.pool.on_peer_down = self._peer_down
         self.pool.on_message = self._dispatch
         self.pool.start()
+        self._start_services()
         for host, port in cfg.seed_addresses():
             self.pool.keep_connected(host, port)
         if self.control_enabled:
@@ -126,6 +129,18 @@ class Node:
         log.info("node %s (%s) listening on %s:%d, realm %r, TLS %s, %d seed(s)",
                  self.name, identity.node_id.hex()[:12], *self.listen_address, cfg.node.realm,
                  cfg.tls.mode, len(cfg.network.seeds))
+
+    def _start_services(self) -> None:
+        from macula.pubsub.service import PubSubService
+        from macula.rpc.service import RpcService
+
+        lim = self.cfg.limits
+        self.pubsub = PubSubService(self, subscriber_queue=lim.subscriber_queue,
+                                    max_subscriptions=lim.max_subscriptions,
+                                    max_per_client=lim.max_subscriptions_per_client)
+        self.pubsub.attach()
+        self.rpc = RpcService(self, max_pending=lim.max_pending_calls)
+        self.rpc.attach()
 
     async def stop(self) -> None:
         if self._control is not None:
@@ -184,6 +199,8 @@ class Node:
             "peers": peers,
             "seeds": {f"{h}:{p}": err for (h, p), err in self.pool.wanted().items()},
             "hw_profile": self.cfg.hw_profile,
+            "pubsub": self.pubsub.status() if self.pubsub else None,
+            "rpc": self.rpc.status() if self.rpc else None,
         }
 
     async def wait_stopped(self) -> None:

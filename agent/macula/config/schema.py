@@ -147,6 +147,13 @@ class LimitsConfig:
     pinned_peers: int = _opt("entries in the TOFU store of pinned peers", int_range(16, 1 << 20))
     bad_frames_per_minute: int = _opt("protocol errors tolerated from a peer before it is "
                                       "disconnected", int_range(1, 100000))
+    subscriber_queue: int = _opt("frames queued per subscriber beyond its connection's send "
+                                 "buffer; the oldest is dropped past this", int_range(1, 1 << 20))
+    max_subscriptions: int = _opt("subscriptions held by this node for its clients",
+                                  int_range(1, 1 << 22))
+    max_subscriptions_per_client: int = _opt("subscriptions one client may hold",
+                                             int_range(1, 1 << 20))
+    max_pending_calls: int = _opt("RPC calls in flight through this node", int_range(1, 1 << 22))
 
 
 SECTIONS: dict[str, type] = {

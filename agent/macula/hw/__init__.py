@@ -19,6 +19,10 @@ def generic_limits(ram_mib: int, cores: int) -> dict[str, Any]:
         "send_buffer_bytes": (256 << 10) * min(scale, 8),
         "pinned_peers": 1024 * scale,
         "bad_frames_per_minute": 60,
+        "subscriber_queue": 256 * min(scale, 8),
+        "max_subscriptions": 4096 * scale,
+        "max_subscriptions_per_client": 1024,
+        "max_pending_calls": 2048 * scale,
     }
 
 

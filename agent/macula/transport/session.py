@@ -120,6 +120,7 @@ class Session:
         self._ping_seq = 0
         self._pings: dict[int, float] = {}
         self.rtt: float | None = None
+        self.on_pong: Callable[[int], None] | None = None  # flush round trips (client SDK)
         self.last_received = self.loop.time()
         self.dial_address: tuple[str, int] | None = None  # set by the pool when it dials
         self.active = False  # application traffic since the pool last looked
@@ -167,7 +168,8 @@ class Session:
             raise SessionRefused("a node must say where it listens", code=ErrorCode.BAD_FIELD)
         check_identity(msg.node_id, msg.identity_key, msg.identity_sig, msg.cert)
         check_dialer_binding(msg.cert, msg.cert_sig, self.link.odcid, cfg._cert_key)
-        self._check_trust(msg.cert, list(msg.chain), msg.name, msg.identity_key)
+        self._check_trust(msg.cert, list(msg.chain), msg.name, msg.identity_key,
+                          pin=msg.role == "node")
         addr = self.link.remote_addr
         self.peer = PeerInfo(msg.node_id, msg.name, msg.realm, msg.role,
                              _reachable(msg.listen, addr), msg.identity_key,
@@ -189,7 +191,7 @@ class Session:
         assert peer_cert is not None  # checked at handshake
         check_identity(msg.node_id, msg.identity_key, msg.identity_sig, peer_cert)
         # production: qh3 verified the chain in the TLS handshake (CERT_REQUIRED + cafile)
-        self._check_trust(None, [], msg.name, msg.identity_key)
+        self._check_trust(None, [], msg.name, msg.identity_key, pin=True)
         addr = self.link.remote_addr
         self.peer = PeerInfo(msg.node_id, msg.name, msg.realm, "node",
                              _reachable(msg.listen, addr), msg.identity_key,
@@ -197,12 +199,15 @@ class Session:
         self.observed_address = tuple(msg.observed)
         self._establish()
 
-    def _check_trust(self, cert: bytes | None, chain: list[bytes], name: str, key: bytes) -> None:
+    def _check_trust(self, cert: bytes | None, chain: list[bytes], name: str, key: bytes,
+                     pin: bool) -> None:
+        """Production: the CA decides. Development: nodes are pinned by name on first use
+        (light clients are often ephemeral identities under one name: never pinned)."""
         cfg = self.cfg
         if cfg.tls.mode == "production":
             if cert is not None:
                 check_chain(cert, chain, cfg.tls.ca_file or "")
-        elif cfg.tofu is not None:
+        elif cfg.tofu is not None and pin:
             cfg.tofu.check_and_pin(cfg.realm, name, key)
 
     def _establish(self) -> None:
@@ -268,6 +273,8 @@ class Session:
                 if sent is not None:
                     sample = self.loop.time() - sent
                     self.rtt = sample if self.rtt is None else 0.875 * self.rtt + 0.125 * sample
+                if self.on_pong is not None:
+                    self.on_pong(msg.seq)
             elif t is GoAway:
                 log.debug("%s goes away: %s", self, msg.reason)
                 self.close(ErrorCode.GOING_AWAY, msg.reason or "peer going away")

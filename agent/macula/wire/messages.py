@@ -206,12 +206,13 @@ class Unsubscribe(NamedTuple):
 
 @message(MsgType.PUBSUB_ROUTE)
 class PubsubRoute(NamedTuple):
-    """A publish forwarded node to node, addressed to the subscriptions it matches."""
+    """A publish forwarded node to node. The receiver delivers locally only: to its plain
+    subscribers if ``plain``, and to one local member of each group in ``groups``."""
     origin: NodeId
-    seq: Annotated[int, U64]
     topic: Topic
     payload: Payload
-    sub_ids: Annotated[tuple, ListOf(U32, 4096)] = ()
+    plain: Annotated[bool, Bool()] = True
+    groups: Annotated[tuple, ListOf(Str(64, 1, pattern=NAME_PATTERN), 64)] = ()
     reply_to: Annotated[Any, Opt(Str(512, 1))] = None
     headers: Headers = None
 

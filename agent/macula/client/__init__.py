@@ -1,0 +1,310 @@
+"""Client SDK: an asyncio API for apps and scripts that attach to one node.
+
+    async with connect("127.0.0.1:9443", realm="home") as c:
+        await c.publish("sensors.kitchen.temp", b"21.5")
+        async for msg in c.subscribe("sensors.>"):
+            ...
+        reply = await c.call("echo", b"hi")
+        c.register("echo", lambda args: args)
+
+The client speaks the same protocol as nodes, with role "client" in CONNECT: the node
+routes on its behalf and drops everything the client held when it leaves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import itertools
+import logging
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, AsyncIterator, Awaitable, Callable
+
+from macula.config import parse_address
+from macula.errors import ErrorCode, MaculaError
+from macula.identity import (
+    TlsMaterial, TofuStore, ephemeral_dev_material, ephemeral_identity,
+    load_or_create_dev_material, load_or_create_identity, load_production_material,
+)
+from macula.pubsub.topics import validate_pattern, validate_topic
+from macula.transport import Endpoint, PeerPool, PoolSettings, Session, SessionConfig
+from macula.wire.messages import (
+    Call, Deliver, Error, Ping, Publish, Register, Reply, Subscribe, Unregister, Unsubscribe,
+)
+
+log = logging.getLogger("macula.client")
+
+Handler = Callable[[bytes], "bytes | Awaitable[bytes]"]
+
+
+class CallError(MaculaError):
+    """An RPC failed: ``code`` says how (NO_RESPONDERS, CALL_TIMEOUT, HANDLER_ERROR, ...)."""
+
+
+@dataclass(frozen=True)
+class Message:
+    topic: str
+    payload: bytes
+    reply_to: str | None = None
+    headers: dict | None = None
+
+
+class Subscription:
+    """An async iterator of Messages with a bounded queue (drop oldest, counted)."""
+
+    def __init__(self, client: "Client", sub_id: int, pattern: str, group: str | None,
+                 queue: int) -> None:
+        self.client = client
+        self.sub_id = sub_id
+        self.pattern = pattern
+        self.group = group
+        self._queue: deque[Message] = deque(maxlen=queue)
+        self._wakeup = asyncio.Event()
+        self.dropped = 0
+        self.closed = False
+
+    def _push(self, msg: Message) -> None:
+        if len(self._queue) == self._queue.maxlen:
+            self.dropped += 1  # the deque drops the oldest on append
+        self._queue.append(msg)
+        self._wakeup.set()
+
+    def __aiter__(self) -> AsyncIterator[Message]:
+        return self
+
+    async def __anext__(self) -> Message:
+        while not self._queue:
+            if self.closed:
+                raise StopAsyncIteration
+            self._wakeup.clear()
+            await self._wakeup.wait()
+        return self._queue.popleft()
+
+    async def next(self, timeout: float | None = None) -> Message:
+        return await asyncio.wait_for(self.__anext__(), timeout)
+
+    def pending(self) -> int:
+        return len(self._queue)
+
+    async def unsubscribe(self) -> None:
+        await self.client._unsubscribe(self)
+
+    def _close(self) -> None:
+        self.closed = True
+        self._wakeup.set()
+
+
+class Client:
+    def __init__(self, pool: PeerPool, session: Session) -> None:
+        self._pool = pool
+        self.session = session
+        self._subs: dict[int, Subscription] = {}
+        self._calls: dict[int, asyncio.Future] = {}
+        self._handlers: dict[str, Handler] = {}
+        self._ids = itertools.count(1)
+        self._flushes: deque[asyncio.Future] = deque()
+        self._tasks: set[asyncio.Task] = set()
+        self.closed = asyncio.Event()
+        pool.on_message = self._on_message
+        pool.on_peer_down = self._on_down
+
+    async def __aenter__(self) -> "Client":
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.close()
+
+    @property
+    def node_name(self) -> str:
+        return self.session.peer.name if self.session.peer else "?"
+
+    # -- pub/sub ------------------------------------------------------------------------
+    async def publish(self, topic: str, payload: bytes | str, *, reply_to: str | None = None,
+                      headers: dict[str, str] | None = None) -> None:
+        """Publish; waits only when the connection's send buffer is full (back-pressure)."""
+        validate_topic(topic)
+        data = payload.encode() if isinstance(payload, str) else payload
+        msg = Publish(topic, data, reply_to, headers)
+        if not self.session.send(msg):
+            await self.session.send_wait(msg)
+
+    def subscribe(self, pattern: str, *, group: str | None = None, queue: int = 1024) -> Subscription:
+        """Subscribe now; ``await client.flush()`` to know the node has it."""
+        validate_pattern(pattern)
+        sub = Subscription(self, next(self._ids) & 0xFFFF_FFFF, pattern, group, queue)
+        self._subs[sub.sub_id] = sub
+        self._send(Subscribe(sub.sub_id, pattern, group))
+        return sub
+
+    async def _unsubscribe(self, sub: Subscription) -> None:
+        if self._subs.pop(sub.sub_id, None) is not None:
+            self._send(Unsubscribe(sub.sub_id))
+            sub._close()
+
+    async def flush(self, timeout: float = 5.0) -> None:
+        """Wait until the node has processed everything sent so far (one round trip)."""
+        fut = asyncio.get_running_loop().create_future()
+        self._flushes.append(fut)
+        self._send(Ping(0))
+        await asyncio.wait_for(fut, timeout)
+
+    # -- RPC ------------------------------------------------------------------------------
+    async def call(self, procedure: str, args: bytes | str = b"", *, timeout: float = 5.0,
+                   idempotent: bool = False) -> bytes:
+        call_id = next(self._ids)
+        fut = asyncio.get_running_loop().create_future()
+        self._calls[call_id] = fut
+        data = args.encode() if isinstance(args, str) else args
+        try:
+            msg = Call(call_id, procedure, data, int(timeout * 1000), idempotent)
+            if not self.session.send(msg):
+                await self.session.send_wait(msg)
+            # the node answers CALL_TIMEOUT itself; our own deadline is a little later
+            return await asyncio.wait_for(fut, timeout + 1.0)
+        except asyncio.TimeoutError:
+            raise CallError(f"{procedure}: no reply within {timeout:g} s",
+                            code=ErrorCode.CALL_TIMEOUT) from None
+        finally:
+            self._calls.pop(call_id, None)
+
+    def register(self, procedure: str, handler: Handler) -> None:
+        """Serve ``procedure``: ``handler(args) -> result`` (plain or async)."""
+        if procedure in self._handlers:
+            raise ValueError(f"{procedure!r} is already registered")
+        self._handlers[procedure] = handler
+        self._send(Register(procedure))
+
+    def unregister(self, procedure: str) -> None:
+        if self._handlers.pop(procedure, None) is not None:
+            self._send(Unregister(procedure))
+
+    # -- plumbing -------------------------------------------------------------------------
+    def _send(self, msg: Any) -> None:
+        if not self.session.send(msg):
+            task = asyncio.get_running_loop().create_task(self.session.send_wait(msg))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    def _on_message(self, session: Session, msg: Any) -> None:
+        t = type(msg)
+        if t is Deliver:
+            sub = self._subs.get(msg.sub_id)
+            if sub is not None:
+                sub._push(Message(msg.topic, msg.payload, msg.reply_to, msg.headers))
+        elif t is Reply:
+            fut = self._calls.get(msg.call_id)
+            if fut is not None and not fut.done():
+                if msg.ok:
+                    fut.set_result(msg.result)
+                else:
+                    fut.set_exception(CallError(msg.error or "call failed",
+                                                code=_code(msg.error_code)))
+        elif t is Call:
+            task = asyncio.get_running_loop().create_task(self._serve(msg))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        elif t is Error:
+            self._on_error(msg)
+
+    def _on_error(self, msg: Error) -> None:
+        fut = self._calls.get(msg.ref_id) if msg.ref_id is not None else None
+        if fut is not None and not fut.done():
+            fut.set_exception(CallError(msg.message, code=_code(msg.code)))
+            return
+        sub = self._subs.pop(msg.ref_id, None) if msg.ref_id is not None else None
+        if sub is not None:
+            log.warning("subscription %r refused: %s", sub.pattern, msg.message)
+            sub._close()
+            return
+        log.warning("node reported error %d: %s", msg.code, msg.message)
+
+    async def _serve(self, call: Call) -> None:
+        handler = self._handlers.get(call.procedure)
+        if handler is None:
+            reply = Reply(call.call_id, False, b"", int(ErrorCode.NO_RESPONDERS),
+                          f"{call.procedure} is not registered here")
+        else:
+            try:
+                result = handler(call.args)
+                if inspect.isawaitable(result):
+                    result = await result
+                if isinstance(result, str):
+                    result = result.encode()
+                reply = Reply(call.call_id, True, bytes(result or b""))
+            except Exception as exc:
+                reply = Reply(call.call_id, False, b"", int(ErrorCode.HANDLER_ERROR),
+                              f"{type(exc).__name__}: {exc}"[:1024])
+        self._send(reply)
+
+    def _pong(self) -> None:
+        while self._flushes:
+            fut = self._flushes.popleft()
+            if not fut.done():
+                fut.set_result(None)
+                return
+
+    def _on_down(self, session: Session) -> None:
+        err = session.error or MaculaError("connection closed", code=ErrorCode.GOING_AWAY)
+        for fut in list(self._calls.values()) + list(self._flushes):
+            if not fut.done():
+                fut.set_exception(CallError(f"connection to node lost: {err.message}",
+                                            code=ErrorCode.GOING_AWAY))
+        for sub in self._subs.values():
+            sub._close()
+        self.closed.set()
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await self._pool.close()
+        self.closed.set()
+
+
+def _code(value: int | None) -> ErrorCode:
+    try:
+        return ErrorCode(value) if value is not None else ErrorCode.INTERNAL
+    except ValueError:
+        return ErrorCode.INTERNAL
+
+
+async def connect(address: str, *, realm: str = "default", name: str = "client",
+                  tls: TlsMaterial | None = None, ca_file: str | None = None,
+                  cert_file: str | None = None, key_file: str | None = None,
+                  state_dir: str | None = None, timeout: float = 10.0,
+                  send_buffer_bytes: int = 4 << 20) -> Client:
+    """Attach to the node at ``address`` ('host:port').
+
+    Development mode (default): an identity and certificate made for this process (or
+    kept in ``state_dir``), the node pinned on first use when ``state_dir`` is given.
+    Production: pass cert_file, key_file and ca_file.
+    """
+    host, port = parse_address(address, 9443)
+    tofu = None
+    if cert_file and key_file and ca_file:
+        identity = load_or_create_identity(state_dir) if state_dir else ephemeral_identity()
+        tls = load_production_material(cert_file, key_file, ca_file)
+    elif state_dir:
+        identity = load_or_create_identity(state_dir)
+        tls = tls or load_or_create_dev_material(state_dir, identity.node_id)
+        from pathlib import Path
+
+        tofu = TofuStore(Path(state_dir) / "known_nodes.json", 256)
+    else:
+        identity = ephemeral_identity()
+        tls = tls or ephemeral_dev_material(identity.node_id)
+    endpoint = Endpoint(tls)
+    endpoint.bind("::" if ":" in host else "0.0.0.0", 0)
+    cfg = SessionConfig(identity, tls, realm, name, role="client", caps=("client",), tofu=tofu,
+                        send_buffer_bytes=send_buffer_bytes, handshake_timeout=timeout)
+    pool = PeerPool(endpoint, cfg, PoolSettings(max_peers=1, max_clients=0, keepalive=15.0,
+                                                connect_timeout=timeout))
+    try:
+        session = await pool.connect(host, port)
+    except BaseException:
+        await pool.close()
+        raise
+    client = Client(pool, session)
+    session.on_pong = lambda seq: client._pong() if seq == 0 else None
+    pool.start()
+    return client

@@ -1,0 +1,250 @@
+"""RPC on a node (edge): clients REGISTER procedures and CALL them; the node picks a
+provider (its own clients or, through discovery, another node), forwards the call and
+relays the reply.
+
+- No provider anywhere: NO_RESPONDERS at once (as NATS does), no waiting for a timeout.
+- A call that outlives its timeout gets CALL_TIMEOUT from the node; a late reply is dropped.
+- Too many calls in flight on this node: CALL_OVERLOADED at once.
+- Several providers: power of two choices on calls in flight.
+- A provider that goes away, or answers NO_RESPONDERS (it never ran the call): the call
+  is retried on another provider if it is idempotent (or was never run), else it fails.
+- A CALL that came from another node is served by local providers only: no call hops
+  twice, so no loops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from typing import TYPE_CHECKING, Any, Protocol
+
+from macula.errors import ErrorCode
+from macula.rpc.calls import CallsFull, CallTable, PendingCall, choose_provider
+from macula.transport.session import Session, State
+from macula.wire.messages import Call, Register, Reply, Unregister
+
+if TYPE_CHECKING:
+    from macula.node import Node
+
+log = logging.getLogger("macula.rpc")
+
+
+class ProviderSource(Protocol):
+    """Remote providers of a procedure, found through discovery (the DHT)."""
+
+    def cached(self, procedure: str) -> list[bytes] | None: ...     # None: not known yet
+    async def discover(self, procedure: str) -> list[bytes]: ...
+    def local_changed(self, procedure: str, served: bool) -> None: ...  # advertise / withdraw
+    async def connect(self, node_id: bytes) -> Session | None: ...
+
+
+class RpcService:
+    def __init__(self, node: "Node", *, max_pending: int, max_procedures_per_client: int = 256,
+                 rng: random.Random | None = None) -> None:
+        self.node = node
+        self.table = CallTable(max_pending)
+        self.max_procedures_per_client = max_procedures_per_client
+        self.providers: ProviderSource | None = None
+        self._rng = rng or random.Random()
+        self._local: dict[str, list[bytes]] = {}          # procedure -> client node IDs
+        self._by_client: dict[bytes, set[str]] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
+        self.stats = {"calls": 0, "no_responders": 0, "timeouts": 0, "overloaded": 0,
+                      "retries": 0, "remote": 0}
+
+    def attach(self) -> None:
+        self.node.on(Call, self._on_call)
+        self.node.on(Reply, self._on_reply)
+        self.node.on(Register, self._on_register)
+        self.node.on(Unregister, self._on_unregister)
+        self.node.peer_listeners.append(self._on_peer)
+
+    # -- registrations ---------------------------------------------------------------
+    def _on_register(self, session: Session, msg: Register) -> None:
+        client = session.peer.node_id
+        procs = self._by_client.setdefault(client, set())
+        if msg.procedure in procs:
+            return
+        if session.peer.role != "client" or len(procs) >= self.max_procedures_per_client:
+            self._send(session, Reply(0, False, b"", int(ErrorCode.CALL_OVERLOADED),
+                                      f"cannot register {msg.procedure!r} here"))
+            return
+        procs.add(msg.procedure)
+        providers = self._local.setdefault(msg.procedure, [])
+        providers.append(client)
+        if len(providers) == 1 and self.providers is not None:
+            self.providers.local_changed(msg.procedure, True)
+
+    def _on_unregister(self, session: Session, msg: Unregister) -> None:
+        self._drop_registration(session.peer.node_id, msg.procedure)
+
+    def _drop_registration(self, client: bytes, procedure: str) -> None:
+        procs = self._by_client.get(client)
+        if not procs or procedure not in procs:
+            return
+        procs.discard(procedure)
+        if not procs:
+            del self._by_client[client]
+        providers = self._local.get(procedure, [])
+        if client in providers:
+            providers.remove(client)
+        if not providers:
+            self._local.pop(procedure, None)
+            if self.providers is not None:
+                self.providers.local_changed(procedure, False)
+
+    def local_procedures(self) -> list[str]:
+        return sorted(self._local)
+
+    # -- calls -----------------------------------------------------------------------
+    def _on_call(self, session: Session, msg: Call) -> None:
+        self.stats["calls"] += 1
+        loop = self.node.endpoint.loop
+        deadline = loop.time() + msg.timeout_ms / 1000.0
+        try:
+            call = self.table.add(session, msg.call_id, msg.procedure, msg.args, deadline,
+                                  msg.idempotent)
+        except CallsFull as exc:
+            self.stats["overloaded"] += 1
+            self._fail_to(session, msg.call_id, ErrorCode.CALL_OVERLOADED, exc.message)
+            return
+        self._arm_timer(deadline)
+        from_node = session.peer.role == "node"
+        remote = None if from_node or self.providers is None else self.providers.cached(msg.procedure)
+        if remote is None and not from_node and self.providers is not None \
+                and not self._local.get(msg.procedure):
+            loop.create_task(self._discover_then_dispatch(call))
+            return
+        self._dispatch(call, remote or [])
+
+    async def _discover_then_dispatch(self, call: PendingCall) -> None:
+        try:
+            remote = await self.providers.discover(call.procedure)
+        except Exception as exc:
+            log.debug("discovery of %s failed: %s", call.procedure, exc)
+            remote = []
+        if self.table.get(call.call_id) is not call:
+            return  # timed out while we looked
+        self._dispatch(call, remote)
+
+    def _candidates(self, call: PendingCall, remote: list[bytes]) -> list[bytes]:
+        own = self.node.node_id
+        local = self._local.get(call.procedure, ())
+        return [p for p in (*local, *remote) if p not in call.tried and p != own]
+
+    def _dispatch(self, call: PendingCall, remote: list[bytes]) -> None:
+        pool = self.node.pool
+        while True:
+            candidates = self._candidates(call, remote)
+            if not candidates:
+                self.table.pop(call.call_id)
+                if call.tried:
+                    self._fail(call, ErrorCode.NO_RESPONDERS,
+                               f"no provider of {call.procedure!r} could take the call")
+                else:
+                    self.stats["no_responders"] += 1
+                    self._fail(call, ErrorCode.NO_RESPONDERS, f"no provider of {call.procedure!r}")
+                return
+            provider = choose_provider(candidates, self.table.outstanding, self._rng)
+            self.table.assign(call, provider)
+            session = pool.get(provider)
+            if session is None:
+                if provider in remote and self.providers is not None:
+                    self.node.endpoint.loop.create_task(self._connect_then_send(call, provider,
+                                                                                 remote))
+                    return
+                continue  # a local client that just left: try another
+            self._forward(call, session)
+            return
+
+    async def _connect_then_send(self, call: PendingCall, provider: bytes,
+                                 remote: list[bytes]) -> None:
+        session = None
+        try:
+            session = await self.providers.connect(provider)
+        except Exception as exc:
+            log.debug("provider %s unreachable: %s", provider.hex()[:12], exc)
+        if self.table.get(call.call_id) is not call:
+            return  # answered or timed out meanwhile
+        if session is None:
+            self._dispatch(call, remote)
+        else:
+            self._forward(call, session)
+
+    def _forward(self, call: PendingCall, session: Session) -> None:
+        remaining = int(max(1.0, (call.deadline - self.node.endpoint.loop.time()) * 1000))
+        if session.peer.role == "node":
+            self.stats["remote"] += 1
+        self._send(session, Call(call.call_id, call.procedure, call.args, remaining,
+                                 call.idempotent))
+
+    def _on_reply(self, session: Session, msg: Reply) -> None:
+        call = self.table.get(msg.call_id)
+        if call is None or call.provider != session.peer.node_id:
+            return  # late (timed out) or not ours
+        if not msg.ok and msg.error_code == int(ErrorCode.NO_RESPONDERS):
+            self.stats["retries"] += 1  # it never ran there: safe to try another provider
+            remote = (self.providers.cached(call.procedure) or []) if self.providers else []
+            self._dispatch(call, remote)
+            return
+        self.table.pop(msg.call_id)
+        self._send(call.caller, Reply(call.caller_call_id, msg.ok, msg.result, msg.error_code,
+                                      msg.error))
+
+    def _on_peer(self, event: str, session: Session) -> None:
+        if event != "down":
+            return
+        gone = session.peer.node_id
+        for procedure in list(self._by_client.get(gone, ())):
+            self._drop_registration(gone, procedure)
+        for call in self.table.calls_to(gone):
+            if call.idempotent:
+                self.stats["retries"] += 1
+                remote = (self.providers.cached(call.procedure) or []) if self.providers else []
+                self._dispatch(call, remote)
+            else:
+                self.table.pop(call.call_id)
+                self._fail(call, ErrorCode.NO_RESPONDERS,
+                           f"provider of {call.procedure!r} went away during the call")
+
+    # -- timeouts --------------------------------------------------------------------
+    def _arm_timer(self, deadline: float) -> None:
+        if self._timer is None or deadline < self._timer_at:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer_at = deadline
+            self._timer = self.node.endpoint.loop.call_at(deadline, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        for call in self.table.expire(self.node.endpoint.loop.time()):
+            self.stats["timeouts"] += 1
+            self._fail(call, ErrorCode.CALL_TIMEOUT, f"{call.procedure}: no reply in time")
+        nxt = self.table.next_deadline()
+        if nxt is not None:
+            self._arm_timer(nxt)
+
+    # -- replies ---------------------------------------------------------------------
+    def _fail(self, call: PendingCall, code: ErrorCode, message: str) -> None:
+        self._fail_to(call.caller, call.caller_call_id, code, message)
+
+    def _fail_to(self, caller: Session, call_id: int, code: ErrorCode, message: str) -> None:
+        self._send(caller, Reply(call_id, False, b"", int(code), message))
+
+    @staticmethod
+    def _send(session: Session, msg: Any) -> None:
+        """Replies and calls are not dropped: wait for room when the buffer is full."""
+        if session.state is State.ESTABLISHED and not session.send(msg):
+            asyncio.get_running_loop().create_task(_send_later(session, msg))
+
+    def status(self) -> dict[str, Any]:
+        return {**self.stats, "in_flight": len(self.table), "procedures": self.local_procedures()}
+
+
+async def _send_later(session: Session, msg: Any) -> None:
+    try:
+        await session.send_wait(msg)
+    except Exception:  # the session closed: the peer will see the close
+        pass
