@@ -11,8 +11,7 @@ from helpers import CertAuthority, addr, peer_names, start_node, until
 from macula.errors import ErrorCode, SessionRefused
 from macula.identity import ephemeral_dev_material, ephemeral_identity
 from macula.transport import Endpoint, PeerPool, PoolSettings, SessionConfig
-from macula.wire import encode
-from macula.wire.messages import Publish
+from macula.client import connect
 
 
 async def test_two_nodes_connect_in_development_mode(tmp_path):
@@ -180,10 +179,9 @@ class _Claiming:
 
 async def test_garbage_peer_is_disconnected_while_others_are_served(tmp_path):
     a = await start_node(tmp_path, "a")
-    good = await start_node(tmp_path, "good", seeds=(addr(a),))
-    received = []
-    a.on(Publish, lambda s, m: received.append((s.peer.name, m.payload)))
-    await until(lambda: peer_names(a) == {"good"}, what="good joined")
+    good = await connect(addr(a), realm="test", name="good")
+    inbox = good.subscribe("t.x")
+    await good.flush()
     _, _, ep = await _raw_endpoint()
     closed = asyncio.Event()
     try:
@@ -205,15 +203,15 @@ async def test_garbage_peer_is_disconnected_while_others_are_served(tmp_path):
         for _ in range(20):
             s.link.queue(b"\x01\x10\x00\x00\x00\x00\x00\x01\xc0")  # PUBLISH with a nil body
         await until(lambda: "bad2" not in peer_names(a), what="bad2 disconnected")
-        # the good peer was served throughout
-        good.pool.get(a.node_id).send(Publish("t.x", b"still here"))
-        await until(lambda: ("good", b"still here") in received, what="good served")
+        # the good client was served throughout
+        await good.publish("t.x", b"still here")
+        assert (await inbox.next(2)).payload == b"still here"
         assert peer_names(a) == {"good"}
         await bad.stop()
         await bad2.stop()
     finally:
         ep.close()
-        await good.stop()
+        await good.close()
         await a.stop()
 
 
