@@ -60,7 +60,8 @@ def _coerce(section: str, key: str, kind: str, value: Any, from_env: bool) -> An
         "list": isinstance(value, (list, tuple)) and all(type(x) is str for x in value),
     }[kind]
     if not ok:
-        expected = "a list of strings" if kind == "list" else f"a {kind}"
+        expected = {"list": "a list of strings", "int": "an integer", "float": "a number",
+                    "bool": "true or false", "str": "a string"}[kind]
         raise ConfigError(f"{where}: expected {expected}, got {type(value).__name__} {value!r}")
     if kind == "float":
         return float(value)
@@ -90,20 +91,22 @@ def _read_file(path: Path) -> dict[str, Any]:
 def _env_overrides(env: Mapping[str, str]) -> dict[str, dict[str, str]]:
     out: dict[str, dict[str, str]] = {}
     for var, value in env.items():
-        if not var.startswith(ENV_PREFIX):
+        if not var.startswith(ENV_PREFIX) or var in ENV_ALIASES:
             continue
-        if var in ENV_ALIASES:
-            section, key = ENV_ALIASES[var]
-        else:
-            rest = var[len(ENV_PREFIX):].lower()
-            section = next((s for s in SECTIONS if rest.startswith(s + "_")), None)
-            if section is None:
-                continue  # other MACULA_* variables (e.g. MACULA_CONFIG) are not keys
-            key = rest[len(section) + 1:]
-            if key not in {f.name for f in dataclasses.fields(SECTIONS[section])}:
-                raise _unknown(key, [f.name for f in dataclasses.fields(SECTIONS[section])],
-                               f"key in environment variable {var}: {section} has no key")
+        rest = var[len(ENV_PREFIX):].lower()
+        section = next((s for s in SECTIONS if rest.startswith(s + "_")), None)
+        if section is None:
+            continue  # other MACULA_* variables (e.g. MACULA_CONFIG) are not keys
+        key = rest[len(section) + 1:]
+        if key not in {f.name for f in dataclasses.fields(SECTIONS[section])}:
+            raise _unknown(key, [f.name for f in dataclasses.fields(SECTIONS[section])],
+                           f"key in environment variable {var}: {section} has no key")
         out.setdefault(section, {})[key] = value
+    # Aliases never beat the full name, and the first alias listed wins over later ones,
+    # whatever order the environment happens to list them in.
+    for var, (section, key) in ENV_ALIASES.items():
+        if var in env:
+            out.setdefault(section, {}).setdefault(key, env[var])
     return out
 
 

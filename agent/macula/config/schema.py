@@ -47,7 +47,7 @@ def name_or_empty(v: Any) -> None:
         raise ValueError("1-64 characters of A-Z a-z 0-9 . _ -, starting with a letter or digit")
 
 
-def name(v: Any) -> None:
+def valid_name(v: Any) -> None:  # not "name": NodeConfig's field of that name would shadow it
     if not NAME_RE.fullmatch(v):
         raise ValueError("1-64 characters of A-Z a-z 0-9 . _ -, starting with a letter or digit")
 
@@ -61,19 +61,22 @@ def parse_address(text: str, default_port: int) -> tuple[str, int]:
     s = s.rstrip("/")
     if not s:
         raise ValueError("host[:port]")
+    has_port = False
     if s.startswith("["):
         host, sep, rest = s[1:].partition("]")
-        if not sep:
-            raise ValueError("[ipv6]:port")
-        port_text = rest[1:] if rest.startswith(":") else ""
+        if not sep or (rest and not rest.startswith(":")):
+            raise ValueError("[ipv6] or [ipv6]:port")
+        has_port, port_text = bool(rest), rest[1:]
     elif s.count(":") == 1:
         host, port_text = s.split(":")
+        has_port = True
     else:
         host, port_text = s, ""
-    if not host:
-        raise ValueError("host[:port] with a host")
-    if port_text:
-        if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+    if not host or any(c.isspace() or c == "/" for c in host):
+        raise ValueError("host[:port] with a host (no spaces or slashes)")
+    if has_port:
+        # isascii: str.isdigit() also accepts digits like '²' that int() refuses
+        if not (port_text.isascii() and port_text.isdigit()) or not 1 <= int(port_text) <= 65535:
             raise ValueError("host:port with a port in 1..65535")
         return host, int(port_text)
     return host, default_port
@@ -88,7 +91,7 @@ def seed_list(v: Any) -> None:
 class NodeConfig:
     name: str = _opt("human-readable node name; empty = this host's name", name_or_empty, default="")
     realm: str = _opt("namespace this node belongs to; peers of other realms are refused",
-                      name, default="default")
+                      valid_name, default="default")
     state_dir: str = _opt("keys, certificates and pinned peers; empty = /var/lib/macula "
                           "when run as a service, else ~/.local/state/macula", default="")
     runtime_dir: str = _opt("control socket; empty = /run/macula or $XDG_RUNTIME_DIR/macula",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from macula.runtime.clock import Clock
 
 
@@ -36,7 +38,10 @@ class TokenBucket:
         return self._tokens
 
     def wait_time(self, tokens: float = 1.0) -> float:
-        """Seconds until ``tokens`` can be taken (0 if now)."""
+        """Seconds until ``tokens`` can be taken (0 if now; infinite if more than the burst,
+        which the bucket can never hold)."""
+        if tokens > self.burst:
+            return math.inf
         self._refill()
         missing = tokens - self._tokens
         return 0.0 if missing <= 0 else missing / self.rate

@@ -14,6 +14,15 @@ from typing import Any, Callable, Iterable
 Validator = Callable[[Any], None]
 
 
+def _described(check: Validator, kind: str, **params: Any) -> Validator:
+    """Record what ``check`` accepts (``kind`` and its parameters) on the function itself,
+    so docs and test generators can read a schema without calling it. Costs nothing
+    at check time."""
+    check.kind = kind  # type: ignore[attr-defined]
+    check.params = params  # type: ignore[attr-defined]
+    return check
+
+
 class FieldError(ValueError):
     """A value does not match its schema. ``path`` says where (e.g. ``nodes[3][1]``)."""
 
@@ -36,7 +45,7 @@ def Int(lo: int, hi: int) -> Validator:
             raise FieldError(f"expected int, got {type(v).__name__}")
         if v < lo or v > hi:
             raise FieldError(f"{v} out of range [{lo}, {hi}]")
-    return check
+    return _described(check, "int", lo=lo, hi=hi)
 
 
 U8 = Int(0, 0xFF)
@@ -52,14 +61,14 @@ def Float(lo: float = float("-inf"), hi: float = float("inf")) -> Validator:
             raise FieldError(f"expected number, got {t.__name__}")
         if not lo <= v <= hi:  # also rejects NaN
             raise FieldError(f"{v} out of range [{lo}, {hi}]")
-    return check
+    return _described(check, "float", lo=lo, hi=hi)
 
 
 def Bool() -> Validator:
     def check(v: Any) -> None:
         if type(v) is not bool:
             raise FieldError(f"expected bool, got {type(v).__name__}")
-    return check
+    return _described(check, "bool")
 
 
 def Str(max_len: int, min_len: int = 0, pattern: str | None = None,
@@ -76,7 +85,8 @@ def Str(max_len: int, min_len: int = 0, pattern: str | None = None,
             raise FieldError(f"{v[:40]!r} does not match {regex.pattern}")
         if allowed is not None and v not in allowed:
             raise FieldError(f"{v[:40]!r} not one of {sorted(allowed)}")
-    return check
+    return _described(check, "str", max_len=max_len, min_len=min_len, pattern=pattern,
+                      choices=tuple(sorted(allowed)) if allowed is not None else None)
 
 
 def Bytes(max_len: int, min_len: int = 0) -> Validator:
@@ -85,14 +95,14 @@ def Bytes(max_len: int, min_len: int = 0) -> Validator:
             raise FieldError(f"expected bytes, got {type(v).__name__}")
         if not min_len <= len(v) <= max_len:
             raise FieldError(f"length {len(v)} not in [{min_len}, {max_len}]")
-    return check
+    return _described(check, "bytes", max_len=max_len, min_len=min_len)
 
 
 def Opt(inner: Validator) -> Validator:
     def check(v: Any) -> None:
         if v is not None:
             inner(v)
-    return check
+    return _described(check, "opt", inner=inner)
 
 
 def ListOf(item: Validator, max_items: int, min_items: int = 0) -> Validator:
@@ -106,7 +116,7 @@ def ListOf(item: Validator, max_items: int, min_items: int = 0) -> Validator:
                 item(x)
             except FieldError as e:
                 raise e.at(f"[{i}]") from None
-    return check
+    return _described(check, "list", item=item, max_items=max_items, min_items=min_items)
 
 
 def Struct(*members: Validator) -> Validator:
@@ -123,7 +133,7 @@ def Struct(*members: Validator) -> Validator:
                 m(x)
             except FieldError as e:
                 raise e.at(f"[{i}]") from None
-    return check
+    return _described(check, "struct", members=members)
 
 
 def MapOf(key: Validator, value: Validator, max_items: int) -> Validator:
@@ -138,14 +148,18 @@ def MapOf(key: Validator, value: Validator, max_items: int) -> Validator:
                 value(x)
             except FieldError as e:
                 raise e.at(f"[{str(k)[:20]!r}]") from None
-    return check
+    return _described(check, "map", key=key, value=value, max_items=max_items)
 
 
 _SCALARS = (type(None), bool, int, float, str, bytes)
 
 
 def AnyValue(max_depth: int = 16) -> Validator:
-    """Any plain msgpack value (no extension types), nested at most ``max_depth``."""
+    """Any plain msgpack value (no extension types), nested at most ``max_depth``.
+
+    Map keys must be str or bytes: the decoder refuses any other key (strict_map_key),
+    so a value this accepts is one a peer can decode.
+    """
 
     def walk(v: Any, depth: int) -> None:
         t = type(v)
@@ -158,11 +172,12 @@ def AnyValue(max_depth: int = 16) -> Validator:
                 walk(x, depth + 1)
         elif t is dict:
             for k, x in v.items():
-                walk(k, depth + 1)
+                if type(k) is not str and type(k) is not bytes:
+                    raise FieldError(f"map key {type(k).__name__} is not str or bytes")
                 walk(x, depth + 1)
         else:
             raise FieldError(f"{t.__name__} is not a plain msgpack value")
 
     def check(v: Any) -> None:
         walk(v, 0)
-    return check
+    return _described(check, "any", max_depth=max_depth)
