@@ -81,6 +81,12 @@ async def macula_node(name: str, seed: str | None) -> None:
                            "seeds": (seed,) if seed else ()})
     node = Node(cfg, control=False)
     await node.start()
+    import signal
+
+    asyncio.get_running_loop().add_signal_handler(  # counters on demand, for profiling
+        signal.SIGUSR1, lambda: print(json.dumps({"endpoint": node.endpoint.stats,
+                                                  "pubsub": node.pubsub.status()}),
+                                      file=sys.stderr, flush=True))
     say(port=node.listen_address[1])
     await asyncio.Event().wait()
 
@@ -97,16 +103,27 @@ async def macula_sub(addr: str, n: int, lat: bool) -> None:
     await c.flush()
     say(ready=1)
     counter, lats = Counter(n), []
-    while counter.seen < n:
-        try:
-            msg = await sub.next(IDLE_GIVE_UP)
-        except asyncio.TimeoutError:
-            break
-        counter.hit()
-        if lat:
-            lats.append(latency_of(msg.payload))
+
+    async def consume() -> None:
+        async for msg in sub:
+            counter.hit()
+            if lat:
+                lats.append(latency_of(msg.payload))
+            if counter.seen >= n:
+                return
+
+    await until_idle(asyncio.ensure_future(consume()), counter)
     latency_report(lats) if lat else counter.report()
     await c.close()
+
+
+async def until_idle(task: asyncio.Future, counter: Counter) -> None:
+    """Wait for ``task``, giving up once the counter stops moving for IDLE_GIVE_UP s."""
+    last = -1
+    while not task.done() and counter.seen != last:
+        last = counter.seen
+        await asyncio.wait([task], timeout=IDLE_GIVE_UP)
+    task.cancel()
 
 
 async def macula_pub(addr: str, n: int, size: int, lat: bool) -> None:
@@ -185,13 +202,7 @@ async def nats_sub(addr: str, n: int, lat: bool) -> None:
     await nc.subscribe(TOPIC, cb=cb, pending_msgs_limit=-1, pending_bytes_limit=-1)
     await nc.flush()
     say(ready=1)
-    last = -1
-    while not done.is_set() and counter.seen != last:
-        last = counter.seen
-        try:
-            await asyncio.wait_for(done.wait(), IDLE_GIVE_UP)
-        except asyncio.TimeoutError:
-            pass
+    await until_idle(asyncio.ensure_future(done.wait()), counter)
     latency_report(lats) if lat else counter.report()
     await nc.close()
 

@@ -39,6 +39,27 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("file")
     status = with_config(sub.add_parser("status", help="ask the running node how it is"))
     status.add_argument("--json", action="store_true")
+
+    def client(sp: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        sp.add_argument("--node", default="127.0.0.1:9443", help="node to attach to (host:port)")
+        sp.add_argument("--realm", default="default")
+        return sp
+
+    p_pub = client(sub.add_parser("pub", help="publish a message"))
+    p_pub.add_argument("topic")
+    p_pub.add_argument("message", help="the payload; '-' reads stdin")
+    p_pub.add_argument("--count", type=int, default=1)
+    p_sub = client(sub.add_parser("sub", help="print messages matching a pattern"))
+    p_sub.add_argument("pattern")
+    p_sub.add_argument("--group", help="queue group: one member gets each message")
+    p_sub.add_argument("--count", type=int, default=0, help="stop after this many")
+    p_sub.add_argument("--timeout", type=float, default=0, help="stop after this many seconds")
+    p_call = client(sub.add_parser("call", help="call a procedure"))
+    p_call.add_argument("procedure")
+    p_call.add_argument("args", nargs="?", default="")
+    p_call.add_argument("--timeout", type=float, default=5.0)
+    p_echo = client(sub.add_parser("serve-echo", help="serve a procedure that echoes its input"))
+    p_echo.add_argument("--procedure", default="echo")
     return p
 
 
@@ -88,6 +109,11 @@ def _dispatch(args: argparse.Namespace) -> int:
         return keys_forget(cfg, args.name, args.realm)
     if args.command == "config":
         return _config(args)
+    if args.command in ("pub", "sub", "call", "serve-echo"):
+        from macula.cli import messaging
+
+        setup_logging("warning")
+        return asyncio.run(getattr(messaging, args.command.replace("-", "_"))(args))
     if args.command == "status":
         from macula.cli.status import print_status
 

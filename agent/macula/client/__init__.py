@@ -18,8 +18,7 @@ import inspect
 import itertools
 import logging
 from collections import deque
-from dataclasses import dataclass
-from typing import Any, AsyncIterator, Awaitable, Callable
+from typing import Any, AsyncIterator, Awaitable, Callable, NamedTuple
 
 from macula.config import parse_address
 from macula.errors import ErrorCode, MaculaError
@@ -42,8 +41,7 @@ class CallError(MaculaError):
     """An RPC failed: ``code`` says how (NO_RESPONDERS, CALL_TIMEOUT, HANDLER_ERROR, ...)."""
 
 
-@dataclass(frozen=True)
-class Message:
+class Message(NamedTuple):
     topic: str
     payload: bytes
     reply_to: str | None = None

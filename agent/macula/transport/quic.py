@@ -38,7 +38,7 @@ ALPN = "macula/1"
 CID_LENGTH = 8
 MAX_DATAGRAM_SIZE = 1452     # Ethernet MTU minus IPv4/UDP headers; qh3 defaults to 1280
 MAX_DATAGRAM_FRAME_SIZE = 65536  # qh3 always advertises datagrams: say how large
-RECV_BATCH = 256             # datagrams read per readiness callback before yielding
+RECV_BATCH = 32             # datagrams read per readiness callback before yielding
 SOCKET_BUFFER = 4 << 20      # asked for; the kernel caps it at net.core.[rw]mem_max
 _SUPPORTED_VERSIONS = (QuicProtocolVersion.VERSION_1,)
 
