@@ -86,8 +86,19 @@ class PeerPool:
         self.stats = PoolStats()
         self.on_peer_up: Callable[[Session], None] = lambda s: None
         self.on_peer_down: Callable[[Session], None] = lambda s: None
-        self.on_message: Callable[[Session, Any], None] = lambda s, m: None
+        self._on_message: Callable[[Session, Any], None] = lambda s, m: None
         endpoint.on_accept = self._accept
+
+    @property
+    def on_message(self) -> Callable[[Session, Any], None]:
+        return self._on_message
+
+    @on_message.setter
+    def on_message(self, handler: Callable[[Session, Any], None]) -> None:
+        """Where application messages go; sessions call it directly (hot path)."""
+        self._on_message = handler
+        for session in self.peers() + self.clients() + list(self._pending):
+            session._on_message = handler
 
     # -- views ----------------------------------------------------------------------
     @property
@@ -138,8 +149,9 @@ class PeerPool:
 
     # -- accepting and dialling ----------------------------------------------------
     def _new_session(self, link: QuicLink, dial_address: Address | None = None) -> Session:
-        session = Session(link, self.cfg, on_established=self._established,
-                          on_message=self._message, on_closed=self._closed)
+        session = Session(link, self.cfg, on_admit=self._admit,
+                          on_established=self._established, on_message=self._on_message,
+                          on_closed=self._closed)
         session.dial_address = dial_address
         self._pending.add(session)
         return session
@@ -206,7 +218,8 @@ class PeerPool:
                                                  self.settings.reconnect_cap, self._rng))
 
     # -- session events -------------------------------------------------------------
-    def _established(self, session: Session) -> None:
+    def _admit(self, session: Session) -> None:
+        """Take the peer into the pool or raise SessionRefused; runs before CONNECTED."""
         self._pending.discard(session)
         peer = session.peer
         assert peer is not None
@@ -214,52 +227,51 @@ class PeerPool:
             wanted = self._wanted.get(session.dial_address)  # a seed list naming this node
             if wanted is not None:
                 wanted.is_self = True
-            session.close(ErrorCode.DUPLICATE_SESSION, "connected to itself")
-            return
+            raise SessionRefused("connected to itself", code=ErrorCode.DUPLICATE_SESSION)
         if peer.role == "client":
-            if len(self._clients) >= self.settings.max_clients:
-                self.stats.refused_full += 1
-                session._refuse(SessionRefused(
-                    f"client limit of {self.settings.max_clients} reached", code=ErrorCode.OVERLOADED))
-                return
             old = self._clients.get(peer.node_id)
+            if old is None and len(self._clients) >= self.settings.max_clients:
+                self.stats.refused_full += 1
+                raise SessionRefused(f"client limit of {self.settings.max_clients} reached",
+                                     code=ErrorCode.OVERLOADED)
             self._clients[peer.node_id] = session
             if old is not None:
                 old.close(ErrorCode.DUPLICATE_SESSION, "replaced by a newer session")
-            self.on_peer_up(session)
             return
         existing = self._peers.peek(peer.node_id)
         if existing is not None and existing.state is State.ESTABLISHED:
             self.stats.duplicates += 1
             if self._dialer_of(session) > self._dialer_of(existing):
-                session.close(ErrorCode.DUPLICATE_SESSION, "a session to this node exists")
-                return
+                raise SessionRefused("a session to this node exists",
+                                     code=ErrorCode.DUPLICATE_SESSION)
             self._peers.pop(peer.node_id)  # keep the new one, retire the old quietly
             existing.close(ErrorCode.DUPLICATE_SESSION, "a session to this node exists")
         try:
             evicted = self._peers.put(peer.node_id, session, evictable=self._evictable)
         except PoolFull:
             self.stats.refused_full += 1
-            session._refuse(SessionRefused(f"peer limit of {self.settings.max_peers} reached",
-                                           code=ErrorCode.OVERLOADED))
-            return
+            raise SessionRefused(f"peer limit of {self.settings.max_peers} reached",
+                                 code=ErrorCode.OVERLOADED) from None
         for _, old in evicted:
             self.stats.evicted += 1
             old.goaway("peer pool full")
             old.close(ErrorCode.OVERLOADED, "evicted: peer pool full")
-        dial_addr = session.dial_address
-        if dial_addr is not None:
-            self._by_addr[dial_addr] = peer.node_id
-            wanted = self._wanted.get(dial_addr)
-            if wanted is not None:
-                wanted.backoff.reset()
-                wanted.last_error = ""
-        if peer.listen is not None and peer.listen[0] not in ("0.0.0.0", "::"):
-            self._by_addr[peer.listen] = peer.node_id
-        self.on_peer_up(session)
+            self._forget_peer(old)
 
-    def _message(self, session: Session, msg: Any) -> None:
-        self.on_message(session, msg)
+    def _established(self, session: Session) -> None:
+        peer = session.peer
+        assert peer is not None
+        if peer.role != "client":
+            dial_addr = session.dial_address
+            if dial_addr is not None:
+                self._by_addr[dial_addr] = peer.node_id
+                wanted = self._wanted.get(dial_addr)
+                if wanted is not None:
+                    wanted.backoff.reset()
+                    wanted.last_error = ""
+            if peer.listen is not None and peer.listen[0] not in ("0.0.0.0", "::"):
+                self._by_addr[peer.listen] = peer.node_id
+        self.on_peer_up(session)
 
     def _closed(self, session: Session) -> None:
         self._pending.discard(session)

@@ -20,7 +20,7 @@ import ssl
 from typing import Callable
 
 from qh3.quic.configuration import QuicConfiguration
-from qh3.quic.connection import QuicConnection
+from qh3.quic.connection import QuicConnection, QuicConnectionError
 from qh3.quic.events import (
     ConnectionIdIssued, ConnectionIdRetired, ConnectionTerminated, HandshakeCompleted,
     StreamDataReceived, StreamReset,
@@ -130,7 +130,10 @@ class QuicLink:
             data = self._pending[0] if len(self._pending) == 1 else b"".join(self._pending)
             self._pending.clear()
             self._pending_bytes = 0
-            self.conn.send_stream_data(self.stream_id, data)
+            try:
+                self.conn.send_stream_data(self.stream_id, data)
+            except QuicConnectionError:
+                pass  # the peer closed the connection; its ConnectionTerminated follows
 
     # -- driven by the endpoint -----------------------------------------------------
     def _process_events(self) -> None:

@@ -98,6 +98,7 @@ class State(Enum):
 
 class Session:
     def __init__(self, link: QuicLink, cfg: SessionConfig, *,
+                 on_admit: Callable[["Session"], None],
                  on_established: Callable[["Session"], None],
                  on_message: Callable[["Session", Any], None],
                  on_closed: Callable[["Session"], None]) -> None:
@@ -112,6 +113,7 @@ class Session:
         self._decoder = FrameDecoder(cfg.max_frame)
         self._bad_frames = TokenBucket(cfg.bad_frames_per_minute / 60.0,
                                        cfg.bad_frames_per_minute, MonotonicClock())
+        self._on_admit = on_admit  # raises SessionRefused to turn the peer away
         self._on_established = on_established
         self._on_message = on_message
         self._on_closed = on_closed
@@ -174,6 +176,7 @@ class Session:
         self.peer = PeerInfo(msg.node_id, msg.name, msg.realm, msg.role,
                              _reachable(msg.listen, addr), msg.identity_key,
                              tuple(msg.caps), (_plain_host(addr[0]), addr[1]))
+        self._on_admit(self)  # before CONNECTED: a refused dialer never sees success
         self._send_control(Connected(
             PROTOCOL_VERSION, cfg.identity.node_id, cfg.realm, cfg.name, cfg.listen,
             cfg.identity.public_key, cfg._identity_sig, (_plain_host(addr[0]), addr[1]), cfg.caps))
@@ -197,6 +200,7 @@ class Session:
                              _reachable(msg.listen, addr), msg.identity_key,
                              tuple(msg.caps), (_plain_host(addr[0]), addr[1]))
         self.observed_address = tuple(msg.observed)
+        self._on_admit(self)
         self._establish()
 
     def _check_trust(self, cert: bytes | None, chain: list[bytes], name: str, key: bytes,
@@ -214,13 +218,9 @@ class Session:
         self._timeout.cancel()
         self.state = State.ESTABLISHED
         self.last_received = self.loop.time()
-        self._on_established(self)  # may close us (pool full, duplicate)
         if not self._established.done():
-            if self.state is State.ESTABLISHED:
-                self._established.set_result(self)
-            else:
-                self._established.set_exception(self.error or SessionRefused(
-                    "session closed", code=ErrorCode.GOING_AWAY))
+            self._established.set_result(self)
+        self._on_established(self)
 
     def _handshake_timed_out(self) -> None:
         if self.state is State.HANDSHAKING:
@@ -384,6 +384,8 @@ class Session:
             return
         self.state = State.CLOSED
         self._timeout.cancel()
+        if self.error is None:
+            self.error = SessionRefused(reason or "closed", code=code)
         qcode = close_code(code)
         # Queued frames (an ERROR, a GOAWAY) go out in the flush already scheduled;
         # the CONNECTION_CLOSE follows in the next tick.
