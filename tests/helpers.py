@@ -15,7 +15,10 @@ from macula.node import Node
 TEST_LIMITS = {"max_peers": 64, "max_clients": 64, "max_frame_bytes": 1 << 20,
                "subscriber_queue": 256, "max_subscriptions": 10000,
                "max_subscriptions_per_client": 1000, "max_pending_calls": 1000,
-               "send_buffer_bytes": 1 << 20, "pinned_peers": 256, "bad_frames_per_minute": 5}
+               "send_buffer_bytes": 1 << 20, "pinned_peers": 256, "bad_frames_per_minute": 5,
+               "udp_receive_buffer_bytes": 1 << 20, "handshakes_per_second": 1000,
+               "cache_entries": 1024, "dht_storage_entries": 10000, "dht_storage_bytes": 1 << 24,
+               "agent_memory_mib": 256}
 
 
 def node_config(state_dir: Path, name: str, *, realm: str = "test", seeds: tuple[str, ...] = (),

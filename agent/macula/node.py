@@ -98,7 +98,9 @@ class Node:
         else:
             tls = load_or_create_dev_material(self.state_dir, identity.node_id)
             tofu = TofuStore(self.state_dir / TOFU_FILE, cfg.limits.pinned_peers)
-        self.endpoint = Endpoint(tls, idle_timeout=cfg.timeouts.idle)
+        self.endpoint = Endpoint(tls, idle_timeout=cfg.timeouts.idle,
+                                 max_handshakes_per_s=cfg.limits.handshakes_per_second,
+                                 receive_buffer=cfg.limits.udp_receive_buffer_bytes)
         self.listen_address = self.endpoint.bind(cfg.network.listen_host, cfg.network.listen_port)
         advertise = (cfg.network.advertise_host or self.listen_address[0], self.listen_address[1])
         session_cfg = SessionConfig(

@@ -8,7 +8,7 @@ import json
 import sys
 
 from macula import __version__
-from macula.errors import MaculaError
+from macula.errors import ConfigError, MaculaError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,6 +22,10 @@ def build_parser() -> argparse.ArgumentParser:
         return sp
 
     with_config(sub.add_parser("run", help="run a node in the foreground"))
+    hw = sub.add_parser("hw", help="detected board, hardware profile and every derived limit")
+    hw.add_argument("--json", action="store_true")
+    hw.add_argument("--systemd-dropin", action="store_true",
+                    help="the MemoryMax=/CPUQuota= drop-in for this machine")
     demo = sub.add_parser("demo", help="a local mesh of real nodes on loopback")
     demo.add_argument("--nodes", type=int, default=5, help="how many nodes (default 5)")
     demo.add_argument("--duration", type=float, default=10.0, help="seconds to run (default 10)")
@@ -76,6 +80,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return _dispatch(args)
+    except ConfigError as exc:
+        print(f"macula: error {int(exc.code)} {exc.code.name}: {exc.message}", file=sys.stderr)
+        return 78  # EX_CONFIG: the unit does not restart a node whose config is invalid
     except MaculaError as exc:
         print(f"macula: error {int(exc.code)} {exc.code.name}: {exc.message}", file=sys.stderr)
         return 2
@@ -88,10 +95,16 @@ def _dispatch(args: argparse.Namespace) -> int:
 
     if args.command == "run":
         from macula.cli.run import run_node
+        from macula.service import setup_logging as service_logging
 
         cfg = _load(args)
-        setup_logging(cfg.node.log_level)
-        return asyncio.run(run_node(cfg))
+        fields = service_logging(cfg.node.log_level)  # journald under systemd, else stderr
+        return asyncio.run(run_node(cfg, fields))
+    if args.command == "hw":
+        from macula.hw import hw_report, systemd_dropin
+
+        print(systemd_dropin() if args.systemd_dropin else hw_report(as_json=args.json))
+        return 0
     if args.command == "demo":
         from macula.cli.demo import run_demo
 

@@ -157,6 +157,18 @@ class LimitsConfig:
     max_subscriptions_per_client: int = _opt("subscriptions one client may hold",
                                              int_range(1, 1 << 20))
     max_pending_calls: int = _opt("RPC calls in flight through this node", int_range(1, 1 << 22))
+    udp_receive_buffer_bytes: int = _opt("SO_RCVBUF asked for the node's UDP socket (the "
+                                         "kernel caps it at net.core.rmem_max)",
+                                         int_range(64 << 10, 1 << 30))
+    handshakes_per_second: int = _opt("new QUIC connections accepted per second (CPU-bound)",
+                                      int_range(1, 100000))
+    cache_entries: int = _opt("entries per lookup cache (subscribers, RPC providers, bridge)",
+                              int_range(16, 1 << 22))
+    dht_storage_entries: int = _opt("DHT records held for others", int_range(16, 1 << 24))
+    dht_storage_bytes: int = _opt("bytes of DHT records held for others",
+                                  int_range(64 << 10, 1 << 34))
+    agent_memory_mib: int = _opt("memory budget of the agent itself (MemoryMax= covers it "
+                                 "and the apps)", int_range(16, 1 << 20))
 
 
 SECTIONS: dict[str, type] = {

@@ -51,6 +51,7 @@ class _Wanted:
     task: asyncio.Task | None = None
     last_error: str = ""
     is_self: bool = False
+    tried: asyncio.Event = field(default_factory=asyncio.Event)  # first dial finished
 
 
 @dataclass
@@ -337,10 +338,18 @@ class PeerPool:
                 continue
             w.task = asyncio.get_running_loop().create_task(self._dial_wanted(addr, w))
 
+    async def seeds_tried(self, timeout: float) -> None:
+        """Wait (bounded) until every wanted address was dialled at least once."""
+        waits = [w.tried.wait() for w in self._wanted.values()]
+        if waits:
+            await asyncio.wait([asyncio.ensure_future(x) for x in waits], timeout=timeout)
+
     async def _dial_wanted(self, addr: Address, w: _Wanted) -> None:
         try:
             await self.connect(*addr)
+            w.tried.set()
         except (SessionRefused, OSError) as exc:
+            w.tried.set()
             delay = w.backoff.next_delay()
             w.next_attempt = self.clock.now() + delay
             message = getattr(exc, "message", None) or str(exc)

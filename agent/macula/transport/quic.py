@@ -39,7 +39,6 @@ CID_LENGTH = 8
 MAX_DATAGRAM_SIZE = 1452     # Ethernet MTU minus IPv4/UDP headers; qh3 defaults to 1280
 MAX_DATAGRAM_FRAME_SIZE = 65536  # qh3 always advertises datagrams: say how large
 RECV_BATCH = 32             # datagrams read per readiness callback before yielding
-SOCKET_BUFFER = 4 << 20      # asked for; the kernel caps it at net.core.[rw]mem_max
 _SUPPORTED_VERSIONS = (QuicProtocolVersion.VERSION_1,)
 
 
@@ -215,11 +214,12 @@ class Endpoint:
 
     def __init__(self, tls: TlsMaterial, *, idle_timeout: float = 60.0,
                  on_accept: Callable[[QuicLink], bool] | None = None,
-                 max_handshakes_per_s: float = 200.0,
+                 max_handshakes_per_s: float = 200.0, receive_buffer: int = 4 << 20,
                  loop: asyncio.AbstractEventLoop | None = None) -> None:
         self.loop = loop or asyncio.get_running_loop()
         self.tls = tls
         self.idle_timeout = idle_timeout
+        self.receive_buffer = receive_buffer
         self.on_accept = on_accept  # None = dial only (a light client)
         self._sock: socket.socket | None = None
         self._cids: dict[bytes, QuicLink] = {}
@@ -258,8 +258,8 @@ class Endpoint:
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
             for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
-                try:
-                    sock.setsockopt(socket.SOL_SOCKET, opt, SOCKET_BUFFER)
+                try:  # Python falls behind in bursts: the default 208 KiB overflows
+                    sock.setsockopt(socket.SOL_SOCKET, opt, self.receive_buffer)
                 except OSError:
                     pass
             sock.bind((host, port))
