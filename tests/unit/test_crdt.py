@@ -434,3 +434,10 @@ def test_a_context_claiming_every_dot_of_a_replica_cannot_overflow_the_next_writ
     s.merge(ORSet.from_wire([[], [[b"r", [1, (1 << 64) - 1]]]]))
     with pytest.raises(StateError):
         s.add(b"r", "x")
+
+
+def test_lww_merge_commutes_even_for_a_reused_timestamp() -> None:
+    a, b = LWWRegister(), LWWRegister()
+    a.set("x", HLC(b"n"), 5)
+    b.set("y", HLC(b"n"), 5)           # same node, same clock reading: a replica restarted
+    assert merged(a, b).value() == merged(b, a).value() == "y"

@@ -52,12 +52,12 @@ class Net:
     def connect(self, a: bytes, b: bytes) -> None:
         for x, y in ((a, b), (b, a)):
             self.cores[x].peer_connected(y, ("10.0.0.1", 4433), self.now)
-            self._drain(x)
+            self.drain(x)
 
     def disconnect(self, a: bytes, b: bytes) -> None:
         for x, y in ((a, b), (b, a)):
             self.cores[x].peer_disconnected(y, self.now)
-            self._drain(x)
+            self.drain(x)
 
     def cut_link(self, a: bytes, b: bytes) -> None:
         self.cut.add(frozenset((a, b)))
@@ -68,9 +68,10 @@ class Net:
     def deliver(self, sender: bytes, dest: bytes, msg: Any) -> None:
         """Hand one message to ``dest`` now, as if it had just arrived."""
         self.cores[dest].handle_message(sender, msg, self.now)
-        self._drain(dest)
+        self.drain(dest)
 
-    def _drain(self, nid: bytes) -> None:
+    def drain(self, nid: bytes) -> None:
+        """Collect a core's events and send its queued messages (after a direct call)."""
         core = self.cores[nid]
         while (event := core.next_event()) is not None:
             self.events[nid].append((self.now, event))
@@ -113,7 +114,7 @@ class Net:
                 if due <= t:
                     core = self.cores[nid]
                     core.handle_timer(self.now)
-                    self._drain(nid)
+                    self.drain(nid)
                     after = core.get_timer()
                     assert after is None or after > self.now, f"timer did not advance: {after} <= {self.now}"
         self.now = max(self.now, until)

@@ -158,13 +158,15 @@ class SwimCore:
         """Sessions come and go; only probes decide whether a member is alive."""
 
     def leave(self, now: float) -> None:
-        """Leave cleanly: tell a few members now; the news spreads from them."""
+        """Leave cleanly: tell every member now (one message each, once), so each
+        removes this node at once; piggybacking covers any message that is lost."""
         self._start(now)
         self._leaving = True
         self.incarnation += 1
-        self._broadcasts.add((self.node_id, int(State.LEFT), self.incarnation, self.addr, None))
-        for target in self._pick(self.indirect_checks, exclude=()):
-            self._send(target, SwimPing(self._next_seq(), self._updates()))
+        goodbye = (self.node_id, int(State.LEFT), self.incarnation, self.addr, None)
+        self._broadcasts.add(goodbye)
+        for target in self.members():
+            self._send(target, SwimPing(self._next_seq(), (goodbye,)))
 
     def handle_message(self, sender: bytes, msg: Any, now: float) -> None:
         self._start(now)
