@@ -63,6 +63,8 @@ class MsgType(IntEnum):
     GOSSIP_PUSH = 0x70
     GOSSIP_PULL = 0x71
     GOSSIP_DIGEST = 0x72
+    GOSSIP_STATE = 0x73
+    GOSSIP_ACK = 0x74
 
 
 # ---- shared field types -------------------------------------------------------------
@@ -257,24 +259,35 @@ class Unregister(NamedTuple):
 
 
 # ---- membership ---------------------------------------------------------------------
-MEMBER_UPDATE = Struct(Bytes(32, 32), U8, U32, Opt(ADDR))  # node_id, state, incarnation, addr
-Updates = Annotated[tuple, ListOf(MEMBER_UPDATE, 64)]
+# SWIM with Lifeguard (macula.membership). An update says what one member's state is at
+# one incarnation; suspect updates name the member that suspects, so independent
+# suspicions can be counted. States: 0 alive, 1 suspect, 2 dead, 3 left (the core
+# refuses other values).
+SWIM_MAX_UPDATES = 64
+MEMBER_UPDATE = Struct(Bytes(32, 32), U8, U32, Opt(ADDR), Opt(Bytes(32, 32)))
+Updates = Annotated[tuple, ListOf(MEMBER_UPDATE, SWIM_MAX_UPDATES)]
 
 
 @message(MsgType.SWIM_PING)
 class SwimPing(NamedTuple):
+    """A probe. ``sync`` asks for the whole member table back (join, periodic sync)."""
     seq: Annotated[int, U32]
     updates: Updates = ()
+    sync: Annotated[bool, Bool()] = False
 
 
 @message(MsgType.SWIM_ACK)
 class SwimAck(NamedTuple):
+    """Answers a ping (or relays one for a ping-req). ``nack``: the relay got no answer
+    from the target in time (Lifeguard: tells the requester its own links work)."""
     seq: Annotated[int, U32]
     updates: Updates = ()
+    nack: Annotated[bool, Bool()] = False
 
 
 @message(MsgType.SWIM_PING_REQ)
 class SwimPingReq(NamedTuple):
+    """Asks the receiver to ping ``target`` and relay the ack (an indirect probe)."""
     seq: Annotated[int, U32]
     target: NodeId
     updates: Updates = ()
@@ -387,18 +400,50 @@ class BridgeData(NamedTuple):
 
 
 # ---- gossip -------------------------------------------------------------------------
+# Named CRDT replicas (macula.gossip). States travel as plain msgpack values checked by
+# the macula.crdt decoders; a message stays under the sender's byte bound. Delta ids
+# (``ids``, ``known``) are causal contexts over (replica, delta number).
+GOSSIP_MAX_ITEMS = 4096
+GOSSIP_MAX_NAMES = 256
+GOSSIP_NAME = Str(64, 1, pattern=NAME_PATTERN)
+GOSSIP_ENTRY = Struct(AnyValue(), GOSSIP_NAME, AnyValue())      # delta ids, name, delta
+GOSSIP_PIECE = Struct(GOSSIP_NAME, AnyValue())                  # name, part of a state
+Digests = Annotated[tuple, ListOf(Struct(GOSSIP_NAME, Bytes(8, 8)), GOSSIP_MAX_NAMES)]
+Known = Annotated[Any, AnyValue()]
+
+
 @message(MsgType.GOSSIP_PUSH)
 class GossipPush(NamedTuple):
-    deltas: AnyData              # CRDT deltas, validated by the CRDT decoders
-    seq: Annotated[int, U64] = 0
+    """Deltas the receiver lacks; ``known``: the delta ids the sender has merged."""
+    seq: Annotated[int, U64]
+    entries: Annotated[tuple, ListOf(GOSSIP_ENTRY, GOSSIP_MAX_ITEMS)]
+    known: Known = ()
 
 
 @message(MsgType.GOSSIP_PULL)
 class GossipPull(NamedTuple):
-    digest: AnyData
+    """Asks for the state of each listed name whose digest differs from the sender's."""
+    digests: Digests
 
 
 @message(MsgType.GOSSIP_DIGEST)
 class GossipDigest(NamedTuple):
-    digest: AnyData
+    """Anti-entropy: like PULL, and the receiver pulls back what differed."""
+    digests: Digests
 
+
+@message(MsgType.GOSSIP_STATE)
+class GossipState(NamedTuple):
+    """Whole states, split into pieces. On the ``last`` message of a transfer,
+    ``known`` is what the receiver has merged once it has all the pieces."""
+    seq: Annotated[int, U64]
+    pieces: Annotated[tuple, ListOf(GOSSIP_PIECE, GOSSIP_MAX_ITEMS)]
+    known: Known = ()
+    last: Annotated[bool, Bool()] = True
+
+
+@message(MsgType.GOSSIP_ACK)
+class GossipAck(NamedTuple):
+    """Answers a PUSH, or the last STATE of a transfer: merged up to ``known``."""
+    seq: Annotated[int, U64]
+    known: Known = ()
