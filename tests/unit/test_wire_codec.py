@@ -414,15 +414,15 @@ def test_flags_or_reserved_set_is_fatal(msg, offset, value):
 
 @pytest.mark.parametrize("max_frame", [1024, DEFAULT_MAX_FRAME, ABSOLUTE_MAX_FRAME])
 def test_frame_size_limit_is_exact_and_checked_from_the_header(max_frame):
-    # body of exactly max_frame bytes: accepted (one bytes field filling it)
-    for bin_header in (2, 3, 5):  # bin8 / bin16 / bin32, after a 1-byte fixarray
-        payload_len = max_frame - 1 - bin_header
-        body = msgpack.packb((b"\0" * payload_len,), use_bin_type=True)
+    # body of exactly max_frame bytes: accepted (a PUBLISH whose payload fills it)
+    for bin_header in (2, 3, 5):  # bin8 / bin16 / bin32, after fixarray and fixstr "t"
+        payload_len = max_frame - 3 - bin_header
+        body = msgpack.packb(("t", b"\0" * payload_len), use_bin_type=True)
         if len(body) == max_frame:
             break
     assert len(body) == max_frame
-    items, _ = decode_all(frame(MsgType.GOSSIP_PULL, body), max_frame=max_frame)
-    assert items == [REGISTRY[MsgType.GOSSIP_PULL].cls(b"\0" * payload_len)]
+    items, _ = decode_all(frame(MsgType.PUBLISH, body), max_frame=max_frame)
+    assert items == [REGISTRY[MsgType.PUBLISH].cls("t", b"\0" * payload_len)]
     # one more byte is refused from the header alone, before the body arrives
     decoder = FrameDecoder(max_frame)
     out = decoder.feed(frame(MsgType.GOSSIP_PULL, b"", length=max_frame + 1))
