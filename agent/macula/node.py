@@ -74,6 +74,7 @@ class Node:
         self._stopped = asyncio.Event()
         self.pubsub = None
         self.rpc = None
+        self.cluster = None
         self.listen_address: tuple[str, int] | None = None
         self.peer_listeners: list[Callable[[str, Session], None]] = []
 
@@ -90,6 +91,8 @@ class Node:
         return self.pool.node_id
 
     async def start(self) -> None:
+        from macula.cluster import cluster_cap
+
         cfg = self.cfg
         identity = load_or_create_identity(self.state_dir)
         if cfg.tls.mode == "production":
@@ -105,7 +108,7 @@ class Node:
         advertise = (cfg.network.advertise_host or self.listen_address[0], self.listen_address[1])
         session_cfg = SessionConfig(
             identity=identity, tls=tls, realm=cfg.node.realm, name=self.name, role="node",
-            listen=advertise, caps=("node",), tofu=tofu,
+            listen=advertise, caps=("node", cluster_cap(cfg.cluster.name)), tofu=tofu,
             max_frame=cfg.limits.max_frame_bytes, send_buffer_bytes=cfg.limits.send_buffer_bytes,
             bad_frames_per_minute=cfg.limits.bad_frames_per_minute,
             handshake_timeout=cfg.timeouts.connect)
@@ -143,11 +146,17 @@ class Node:
         self.pubsub.attach()
         self.rpc = RpcService(self, max_pending=lim.max_pending_calls)
         self.rpc.attach()
+        from macula.cluster import ClusterService, ClusterSettings
+
+        self.cluster = ClusterService(self, ClusterSettings.from_config(self.cfg))
+        self.cluster.attach()
 
     async def stop(self) -> None:
         if self._control is not None:
             await self._control.stop()
             self._control = None
+        if self.cluster is not None:
+            await self.cluster.stop()  # goodbyes go out with the pool's drain
         if self.pool is not None:
             await self.pool.close()
         self._stopped.set()

@@ -49,6 +49,8 @@ class State(IntEnum):
 
 ACTIVE = (State.ALIVE, State.SUSPECT)
 NACK_FRACTION = 0.8
+JOIN_ATTEMPTS = 8       # sync pings to a new contact, one per probe period, until it answers
+MAX_JOINING = 16        # contacts being joined through at once
 
 
 @dataclass(slots=True)
@@ -114,6 +116,7 @@ class SwimCore:
         self._broadcasts = Broadcasts(max_broadcasts)
         self._suspicions: dict[bytes, Suspicion] = {}
         self._relays: dict[int, _Relay] = {}
+        self._joining: dict[bytes, int] = {}    # contact -> sync pings left to send
         self._probe: _Probe | None = None
         self._order: list[bytes] = []
         self._awareness = 0
@@ -136,6 +139,11 @@ class SwimCore:
         """Members believed alive (suspects included), without this node."""
         return {m.node_id: m.addr for m in self._members.values() if m.state in ACTIVE}
 
+    def table(self) -> dict[bytes, State]:
+        """Every member held, failed and departed ones included while their tombstones
+        last (without this node)."""
+        return {m.node_id: m.state for m in self._members.values()}
+
     def state_of(self, node_id: bytes) -> State | None:
         m = self._members.get(node_id)
         return None if m is None else m.state
@@ -148,11 +156,15 @@ class SwimCore:
     # ---- the core shape ---------------------------------------------------------------
     def peer_connected(self, node_id: bytes, addr: Addr, now: float) -> None:
         """A session came up (a seed, or a member dialled us): sync tables unless it is
-        a member we already consider alive."""
+        a member we already consider alive. The sync is repeated each probe period
+        until the node is a live member (a lost message must not strand a joiner)."""
         self._start(now)
         m = self._members.get(node_id)
         if m is None or m.state not in ACTIVE:
             self._send(node_id, SwimPing(self._next_seq(), self._updates(first_self=True), sync=True))
+            if node_id not in self._joining and len(self._joining) >= MAX_JOINING:
+                del self._joining[next(iter(self._joining))]
+            self._joining[node_id] = JOIN_ATTEMPTS - 1
 
     def peer_disconnected(self, node_id: bytes, now: float) -> None:
         """Sessions come and go; only probes decide whether a member is alive."""
@@ -182,8 +194,32 @@ class SwimCore:
             elif isinstance(msg, SwimPingReq):
                 self._apply_all(sender, msg.updates, now)
                 self._on_ping_req(sender, msg, now)
+            else:
+                return
         except ProtocolError:
             self.stats.rejected += 1
+            return
+        if not (isinstance(msg, SwimPing) and msg.sync):   # a sync is answered with the table
+            self.heard_from(sender, now)
+
+    def heard_from(self, node_id: bytes, now: float) -> None:
+        """``node_id`` talked to us (any protocol): if it is not a live member here, it
+        learns where it stands.
+
+        One we hold dead or departed gets that news at once, so it refutes now (after a
+        healed partition, say) instead of when a periodic sync happens to tell it. A
+        stranger (forgotten, or never heard of) is asked for its table, which carries
+        its own alive update. Both stop once it is a live member here.
+        """
+        self._start(now)
+        if self._leaving or node_id == self.node_id:
+            return
+        m = self._members.get(node_id)
+        if m is None:
+            if len(self._members) < self.max_members:
+                self._send(node_id, SwimPing(self._next_seq(), self._updates(first_self=True), sync=True))
+        elif m.state not in ACTIVE:
+            self._send(node_id, SwimPing(self._next_seq(), (m.update(),)))
 
     def handle_timer(self, now: float) -> None:
         self._start(now)
@@ -198,6 +234,7 @@ class SwimCore:
             self._finish_probe(now)
             if not self._leaving:
                 self._start_probe(now)
+                self._retry_joins()
             self._next_probe = now + self._scaled(self.probe_interval)
         for node in [n for n, s in self._suspicions.items() if s.deadline <= now]:
             self._declare_dead(node, now)
@@ -264,6 +301,15 @@ class SwimCore:
         self._probe = _Probe(target, seq, now + self._scaled(self.probe_timeout))
         self.stats.probes += 1
         self._send(target, SwimPing(seq, self._updates(first=target)))
+
+    def _retry_joins(self) -> None:
+        for node_id, left in list(self._joining.items()):
+            m = self._members.get(node_id)
+            if (m is not None and m.state in ACTIVE) or left == 0:
+                del self._joining[node_id]
+                continue
+            self._joining[node_id] = left - 1
+            self._send(node_id, SwimPing(self._next_seq(), self._updates(first_self=True), sync=True))
 
     def _indirect_probe(self, probe: _Probe) -> None:
         helpers = self._pick(self.indirect_checks, exclude=(probe.target,), alive_only=True)

@@ -1,0 +1,292 @@
+"""The cluster as one sans-IO core: SWIM membership, gossip and the cluster state.
+
+It has the core shape (docs/ARCHITECTURE.md), so the node's edge and the simulator
+drive the same code. Inside:
+
+- membership decides the gossip peer set: a member that joins (or is readmitted)
+  becomes a gossip peer and is pulled from; one that fails or leaves stops being one,
+  so it no longer holds the delta log back;
+- gossip writes (PUSH, STATE) are taken only from nodes the membership table knows, so
+  a node refused at ``max_members`` cannot write into this node's state; reads (PULL,
+  DIGEST) are answered for any node of the cluster, which is how a joiner whose
+  membership news is still on its way gets the state;
+- after every merge, this node's own entries are checked against what it publishes
+  and repaired (the far side of a partition, a false failure, a previous boot);
+- views (subscriptions, providers) count live members only, so a member that fails or
+  leaves is out of every view at once; its entries are deleted at once when it left,
+  and ``gc_grace`` after it failed (it may only be partitioned), by the ``gc_copies``
+  live members closest to it (XOR), not by everyone.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+from typing import Any, Callable, Iterable
+
+from macula.cluster.events import (
+    ClusterStats, ProvidersChanged, StateChanged, SubscriptionsChanged,
+)
+from macula.cluster.state import NAMES, ProviderView, SubscriptionView, ClusterState
+from macula.crdt import ClockSkew
+from macula.gossip import GossipCore, InputRejected, ReplicaChanged
+from macula.membership import (
+    MemberFailed, MemberJoined, MemberLeft, State, SwimCore,
+)
+from macula.pubsub.router import RemotePattern
+from macula.wire.messages import (
+    GossipAck, GossipDigest, GossipPull, GossipPush, GossipState, SwimAck, SwimPing,
+    SwimPingReq,
+)
+
+SWIM_TYPES = frozenset((SwimPing, SwimAck, SwimPingReq))
+GOSSIP_TYPES = frozenset((GossipPush, GossipPull, GossipDigest, GossipState, GossipAck))
+_GOSSIP_WRITES = (GossipPush, GossipState)
+
+Event = Any  # membership events, StateChanged, SubscriptionsChanged, ProvidersChanged
+
+
+def _distance(a: bytes, b: bytes) -> int:
+    return int.from_bytes(a, "big") ^ int.from_bytes(b, "big")
+
+
+class ClusterCore:
+    def __init__(self, node_id: bytes, addr: Any, replica_id: bytes, rng: random.Random,
+                 wall_ms: Callable[[float], int], *, max_members: int = 64,
+                 max_entries_per_node: int = 4096, probe_interval: float = 1.0,
+                 probe_timeout: float = 0.5, suspicion_mult: int = 4,
+                 sync_interval: float = 30.0, dead_retention: float = 30.0,
+                 gossip_interval: float = 1.0, fanout: int = 3,
+                 anti_entropy_interval: float = 30.0, max_message_bytes: int = 64 * 1024,
+                 max_log_bytes: int = 1 << 20, gc_grace: float = 60.0, gc_copies: int = 2,
+                 max_events: int = 1024) -> None:
+        """``max_members`` counts this node. ``wall_ms(now)`` gives Unix milliseconds
+        for the metadata clock (the node's wall clock; the simulator's virtual time)."""
+        self.node_id = node_id
+        self.swim = SwimCore(node_id, addr, rng, probe_interval=probe_interval,
+                             probe_timeout=probe_timeout, suspicion_mult=suspicion_mult,
+                             sync_interval=sync_interval, dead_retention=dead_retention,
+                             max_members=max_members - 1, max_events=max_events)
+        self.gossip = GossipCore(replica_id, rng, interval=gossip_interval, fanout=fanout,
+                                 anti_entropy_interval=anti_entropy_interval,
+                                 max_message_bytes=max_message_bytes, max_log_bytes=max_log_bytes,
+                                 max_names=len(NAMES), max_peers=max_members, max_events=max_events)
+        self.state = ClusterState(node_id, replica_id, max_entries_per_node=max_entries_per_node)
+        for name, replica in self.state.replicas.items():
+            self.gossip.register(name, replica)
+        self.gc_grace = gc_grace
+        self.gc_copies = gc_copies
+        self.sweep_interval = min(10.0, gc_grace / 2)
+        self.stats = ClusterStats()
+        self._wall_ms = wall_ms
+        self._live: set[bytes] = set()
+        self._absent: dict[bytes, float] = {}     # owner with entries, not live: since when
+        self._subscriptions: SubscriptionView = {}
+        self._providers: ProviderView = {}
+        self._events: deque[Event] = deque()
+        self._max_events = max_events
+        self.events_dropped = 0
+        self._next_sweep: float | None = None
+
+    # ---- the application's side -------------------------------------------------------
+    def start(self, now: float) -> None:
+        """Start the timers and publish what was set before."""
+        self.swim.handle_timer(now)
+        self.gossip.handle_timer(now)
+        self._next_sweep = now + self.sweep_interval
+        for name in NAMES:
+            self._fix(name, now)
+        self._settle(now)
+
+    def set_metadata(self, meta: dict[str, Any], now: float) -> None:
+        self.state.want_metadata(meta)
+        self._publish("nodes", now)
+
+    def set_local_procedures(self, names: Iterable[str], now: float) -> None:
+        self.state.want_procedures(names)
+        self._publish("procedures", now)
+
+    def set_local_subscriptions(self, patterns: Iterable[RemotePattern], now: float) -> None:
+        self.state.want_subscriptions(patterns)
+        self._publish("subscriptions", now)
+
+    def leave(self, now: float) -> None:
+        """Tell every member this node leaves; they drop it from every view at once."""
+        self.swim.leave(now)
+        self._settle(now)
+
+    def live(self) -> set[bytes]:
+        """Live members (suspects included), without this node."""
+        return set(self._live)
+
+    def remote_subscriptions(self) -> SubscriptionView:
+        return dict(self._subscriptions)
+
+    def providers(self, procedure: str) -> tuple[bytes, ...]:
+        return self._providers.get(procedure, ())
+
+    def metadata(self, node_id: bytes) -> dict[str, Any] | None:
+        return self.state.metadata(node_id)
+
+    def address(self, node_id: bytes) -> Any:
+        return self.swim.address(node_id)
+
+    def member_states(self) -> dict[bytes, State]:
+        """Every node the membership table holds, tombstones included (not this node)."""
+        return self.swim.table()
+
+    # ---- the core shape ---------------------------------------------------------------
+    def handle_message(self, sender: bytes, msg: Any, now: float) -> None:
+        kind = type(msg)
+        if kind in SWIM_TYPES:
+            self.swim.handle_message(sender, msg, now)
+        elif kind in GOSSIP_TYPES:
+            self.swim.heard_from(sender, now)   # e.g. a member we hold dead: it refutes now
+            if kind in _GOSSIP_WRITES and self.swim.state_of(sender) is None:
+                self.stats.unadmitted += 1
+                self._settle(now)
+                return
+            self.gossip.handle_message(sender, msg, now)
+        else:
+            return
+        self._settle(now)
+
+    def handle_timer(self, now: float) -> None:
+        t = self.swim.get_timer()
+        if t is not None and t <= now:
+            self.swim.handle_timer(now)
+        t = self.gossip.get_timer()
+        if t is not None and t <= now:
+            self.gossip.handle_timer(now)
+        if self._next_sweep is not None and now >= self._next_sweep:
+            self._next_sweep = now + self.sweep_interval
+            self._sweep(now)
+        self._settle(now)
+
+    def get_timer(self) -> float | None:
+        times = [t for t in (self.swim.get_timer(), self.gossip.get_timer(), self._next_sweep)
+                 if t is not None]
+        return min(times) if times else None
+
+    def messages_to_send(self) -> list[tuple[bytes, Any]]:
+        # membership first: a joiner must hear that we admitted it before our gossip
+        return self.swim.messages_to_send() + self.gossip.messages_to_send()
+
+    def next_event(self) -> Event | None:
+        return self._events.popleft() if self._events else None
+
+    def peer_connected(self, node_id: bytes, addr: Any, now: float) -> None:
+        """A session came up: membership syncs unless it knows the node alive, and a
+        live member is pulled from (what a dropped session may have lost)."""
+        self.swim.peer_connected(node_id, addr, now)
+        if node_id in self._live:
+            self.gossip.peer_connected(node_id, addr, now)
+        self._settle(now)
+
+    def peer_disconnected(self, node_id: bytes, now: float) -> None:
+        """Sessions come and go; only the failure detector removes members."""
+
+    def handle_unreachable(self, node_id: bytes, now: float) -> None:
+        """The edge could not deliver to ``node_id``. Probes and acks time out on their
+        own, so this is only counted."""
+        self.stats.unreachable += 1
+
+    # ---- internals --------------------------------------------------------------------
+    def _publish(self, name: str, now: float) -> None:
+        if self._next_sweep is None:
+            return   # not started: start() publishes
+        self._fix(name, now)
+        self._settle(now)
+
+    def _fix(self, name: str, now: float) -> None:
+        try:
+            mutate = self.state.fix(name, self._wall_ms(now))
+        except ClockSkew:
+            self.stats.clock_skew += 1
+            return
+        if mutate is not None:
+            self.gossip.update(name, mutate, now)
+
+    def _settle(self, now: float) -> None:
+        """Act on what the cores reported: membership drives the gossip peers and the
+        views; merges trigger the repair of own entries and new views."""
+        membership = False
+        left = []
+        while (event := self.swim.next_event()) is not None:
+            kind = type(event)
+            if kind is MemberJoined:
+                self.gossip.peer_connected(event.node_id, event.addr, now)
+                membership = True
+            elif kind is MemberFailed or kind is MemberLeft:
+                self.gossip.peer_disconnected(event.node_id, now)
+                membership = True
+                if kind is MemberLeft:
+                    left.append(event.node_id)
+            self._emit(event)
+        if membership:
+            self._live = set(self.swim.members())
+            for owner in left:   # a member that left is not coming back with these entries
+                if owner not in self._live and self._on_duty(owner):
+                    self._remove(owner, now)
+        changed = []
+        while (event := self.gossip.next_event()) is not None:
+            if type(event) is ReplicaChanged:
+                changed.append(event.name)
+                self._emit(StateChanged(event.name))
+            elif type(event) is InputRejected:
+                code = event.code.name
+                self.stats.rejected[code] = self.stats.rejected.get(code, 0) + 1
+        for name in changed:
+            self._fix(name, now)   # repair our own entries if the merge touched them
+        if membership or "procedures" in changed or "subscriptions" in changed:
+            self._refresh_views()
+
+    def _emit(self, event: Event) -> None:
+        if len(self._events) >= self._max_events:
+            self._events.popleft()
+            self.events_dropped += 1
+        self._events.append(event)
+
+    def _refresh_views(self) -> None:
+        subscriptions, providers = self.state.views(self._live)
+        sub_changes = {n: subscriptions.get(n, ()) for n in self._subscriptions.keys() | subscriptions.keys()
+                       if self._subscriptions.get(n) != subscriptions.get(n)}
+        proc_changes = {p: providers.get(p, ()) for p in self._providers.keys() | providers.keys()
+                        if self._providers.get(p) != providers.get(p)}
+        self._subscriptions, self._providers = subscriptions, providers
+        if sub_changes:
+            self._emit(SubscriptionsChanged(sub_changes))
+        if proc_changes:
+            self._emit(ProvidersChanged(proc_changes))
+
+    def _on_duty(self, owner: bytes) -> bool:
+        """Whether this node is among the ``gc_copies`` live nodes closest to ``owner``:
+        a few delete a departed member's entries, not every member at once."""
+        mine = _distance(self.node_id, owner)
+        closer = sum(1 for n in self._live if n != owner and _distance(n, owner) < mine)
+        return closer < self.gc_copies
+
+    def _remove(self, owner: bytes, now: float) -> None:
+        removed = False
+        for name in NAMES:
+            mutate = self.state.removal(name, owner)
+            if mutate is not None:
+                self.gossip.update(name, mutate, now)
+                removed = True
+        if removed:
+            self.stats.removals += 1
+        self._absent.pop(owner, None)
+
+    def _sweep(self, now: float) -> None:
+        """Delete the entries of owners that have not been live members for gc_grace."""
+        owners = self.state.owners()
+        owners.discard(self.node_id)
+        for owner in [o for o in self._absent if o not in owners]:
+            del self._absent[owner]
+        for owner in owners:
+            if owner in self._live:
+                self._absent.pop(owner, None)
+                continue
+            since = self._absent.setdefault(owner, now)
+            if now - since >= self.gc_grace and self._on_duty(owner):
+                self._remove(owner, now)
