@@ -18,7 +18,7 @@ import inspect
 import itertools
 import logging
 from collections import deque
-from typing import Any, AsyncIterator, Awaitable, Callable, NamedTuple
+from typing import Any, AsyncIterator, Awaitable, Callable
 
 from macula.config import parse_address
 from macula.errors import ErrorCode, MaculaError
@@ -41,11 +41,9 @@ class CallError(MaculaError):
     """An RPC failed: ``code`` says how (NO_RESPONDERS, CALL_TIMEOUT, HANDLER_ERROR, ...)."""
 
 
-class Message(NamedTuple):
-    topic: str
-    payload: bytes
-    reply_to: str | None = None
-    headers: dict | None = None
+# A received message is the DELIVER frame itself (topic, payload, reply_to, headers and
+# the sub_id it matched): no second object per message on the receive path.
+Message = Deliver
 
 
 class Subscription:
@@ -189,7 +187,7 @@ class Client:
         if t is Deliver:
             sub = self._subs.get(msg.sub_id)
             if sub is not None:
-                sub._push(Message(msg.topic, msg.payload, msg.reply_to, msg.headers))
+                sub._push(msg)
         elif t is Reply:
             fut = self._calls.get(msg.call_id)
             if fut is not None and not fut.done():
