@@ -18,7 +18,7 @@ import inspect
 import itertools
 import logging
 from collections import deque
-from typing import Any, AsyncIterator, Awaitable, Callable, NamedTuple
+from typing import Any, AsyncIterator, Awaitable, Callable
 
 from macula.config import parse_address
 from macula.errors import ErrorCode, MaculaError
@@ -41,11 +41,9 @@ class CallError(MaculaError):
     """An RPC failed: ``code`` says how (NO_RESPONDERS, CALL_TIMEOUT, HANDLER_ERROR, ...)."""
 
 
-class Message(NamedTuple):
-    topic: str
-    payload: bytes
-    reply_to: str | None = None
-    headers: dict | None = None
+# A received message is the DELIVER frame itself (topic, payload, reply_to, headers and
+# the sub_id it matched): no second object per message on the receive path.
+Message = Deliver
 
 
 class Subscription:
@@ -150,21 +148,24 @@ class Client:
     # -- RPC ------------------------------------------------------------------------------
     async def call(self, procedure: str, args: bytes | str = b"", *, timeout: float = 5.0,
                    idempotent: bool = False) -> bytes:
+        """Call ``procedure``; raises CallError (NO_RESPONDERS at once when nobody serves
+        it, CALL_TIMEOUT, HANDLER_ERROR, CALL_OVERLOADED). Cancelling the caller's task
+        abandons the call; a late reply is dropped."""
         call_id = next(self._ids)
-        fut = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
         self._calls[call_id] = fut
         data = args.encode() if isinstance(args, str) else args
+        # the node answers CALL_TIMEOUT itself; this deadline only covers a lost node
+        guard = loop.call_later(timeout + 1.0, _expire, fut, procedure, timeout)
         try:
             msg = Call(call_id, procedure, data, int(timeout * 1000), idempotent)
             if not self.session.send(msg):
                 await self.session.send_wait(msg)
-            # the node answers CALL_TIMEOUT itself; our own deadline is a little later
-            return await asyncio.wait_for(fut, timeout + 1.0)
-        except asyncio.TimeoutError:
-            raise CallError(f"{procedure}: no reply within {timeout:g} s",
-                            code=ErrorCode.CALL_TIMEOUT) from None
+            return await fut
         finally:
-            self._calls.pop(call_id, None)
+            guard.cancel()
+            del self._calls[call_id]
 
     def register(self, procedure: str, handler: Handler) -> None:
         """Serve ``procedure``: ``handler(args) -> result`` (plain or async)."""
@@ -189,7 +190,7 @@ class Client:
         if t is Deliver:
             sub = self._subs.get(msg.sub_id)
             if sub is not None:
-                sub._push(Message(msg.topic, msg.payload, msg.reply_to, msg.headers))
+                sub._push(msg)
         elif t is Reply:
             fut = self._calls.get(msg.call_id)
             if fut is not None and not fut.done():
@@ -199,9 +200,7 @@ class Client:
                     fut.set_exception(CallError(msg.error or "call failed",
                                                 code=_code(msg.error_code)))
         elif t is Call:
-            task = asyncio.get_running_loop().create_task(self._serve(msg))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._serve(msg)
         elif t is Error:
             self._on_error(msg)
 
@@ -217,23 +216,32 @@ class Client:
             return
         log.warning("node reported error %d: %s", msg.code, msg.message)
 
-    async def _serve(self, call: Call) -> None:
+    def _serve(self, call: Call) -> None:
+        """Run the handler: a plain function inline (no task per call), a coroutine as a task."""
         handler = self._handlers.get(call.procedure)
         if handler is None:
-            reply = Reply(call.call_id, False, b"", int(ErrorCode.NO_RESPONDERS),
-                          f"{call.procedure} is not registered here")
+            self._send(Reply(call.call_id, False, b"", int(ErrorCode.NO_RESPONDERS),
+                             f"{call.procedure} is not registered here"))
+            return
+        try:
+            result = handler(call.args)
+        except Exception as exc:
+            self._send(_handler_error(call, exc))
+            return
+        if inspect.isawaitable(result):
+            task = asyncio.get_running_loop().create_task(self._finish(call, result))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
         else:
-            try:
-                result = handler(call.args)
-                if inspect.isawaitable(result):
-                    result = await result
-                if isinstance(result, str):
-                    result = result.encode()
-                reply = Reply(call.call_id, True, bytes(result or b""))
-            except Exception as exc:
-                reply = Reply(call.call_id, False, b"", int(ErrorCode.HANDLER_ERROR),
-                              f"{type(exc).__name__}: {exc}"[:1024])
-        self._send(reply)
+            self._send(_reply(call, result))
+
+    async def _finish(self, call: Call, pending: Awaitable) -> None:
+        try:
+            result = await pending
+        except Exception as exc:
+            self._send(_handler_error(call, exc))
+            return
+        self._send(_reply(call, result))
 
     def _pong(self) -> None:
         while self._flushes:
@@ -257,6 +265,23 @@ class Client:
             task.cancel()
         await self._pool.close()
         self.closed.set()
+
+
+def _reply(call: Call, result: Any) -> Reply:
+    if isinstance(result, str):
+        result = result.encode()
+    return Reply(call.call_id, True, bytes(result or b""))
+
+
+def _handler_error(call: Call, exc: Exception) -> Reply:
+    return Reply(call.call_id, False, b"", int(ErrorCode.HANDLER_ERROR),
+                 f"{type(exc).__name__}: {exc}"[:1024])
+
+
+def _expire(fut: asyncio.Future, procedure: str, timeout: float) -> None:
+    if not fut.done():
+        fut.set_exception(CallError(f"{procedure}: no reply within {timeout:g} s",
+                                    code=ErrorCode.CALL_TIMEOUT))
 
 
 def _code(value: int | None) -> ErrorCode:

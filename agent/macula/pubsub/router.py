@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Iterable, NamedTuple
 
 from macula.errors import Overloaded
 from macula.pubsub.topics import TopicError, matches, validate_pattern, validate_topic
@@ -35,6 +35,12 @@ class RemotePattern:
     pattern: str
     group: str | None
     members: int            # how many local members the remote node has for it
+
+
+class Plan(NamedTuple):
+    local: tuple[LocalSub, ...]         # plain local subscriptions
+    remote: tuple[bytes, ...]           # remote nodes with plain subscriptions
+    groups: tuple[tuple[str, list[tuple]], ...]  # queue group -> candidate members
 
 
 @dataclass(slots=True)
@@ -56,6 +62,8 @@ class PubSubRouter:
         self._remote: dict[bytes, tuple[RemotePattern, ...]] = {}
         self._remote_tokens: dict[bytes, list[tuple[list[str], RemotePattern]]] = {}
         self.generation = 0  # bumps whenever local subscriptions change (re-advertise)
+        self._plans: dict[tuple[str, bool], Plan] = {}
+        self._cache_entries = cache_entries
 
     # -- local subscriptions --------------------------------------------------------
     def subscribe(self, owner: bytes, sub_id: int, pattern: str, group: str | None = None) -> LocalSub:
@@ -70,6 +78,7 @@ class PubSubRouter:
         self._trie.add(pattern, sub)
         owned[sub_id] = sub
         self.generation += 1
+        self._plans.clear()
         return sub
 
     def unsubscribe(self, owner: bytes, sub_id: int) -> bool:
@@ -81,6 +90,7 @@ class PubSubRouter:
         if not owned:
             del self._by_owner[owner]
         self.generation += 1
+        self._plans.clear()
         return True
 
     def drop_owner(self, owner: bytes) -> int:
@@ -89,6 +99,7 @@ class PubSubRouter:
             self._trie.remove(sub)
         if owned:
             self.generation += 1
+            self._plans.clear()
         return len(owned)
 
     def local_patterns(self) -> list[RemotePattern]:
@@ -117,26 +128,32 @@ class PubSubRouter:
                 continue  # a bad pattern from a peer is skipped, the rest still count
         self._remote[node_id] = pats
         self._remote_tokens[node_id] = parsed
+        self._plans.clear()
 
     def forget_remote(self, node_id: bytes) -> None:
-        self._remote.pop(node_id, None)
-        self._remote_tokens.pop(node_id, None)
+        if self._remote.pop(node_id, None) is not None:
+            self._remote_tokens.pop(node_id, None)
+            self._plans.clear()
 
     def remote_nodes(self) -> list[bytes]:
         return list(self._remote)
 
     # -- routing --------------------------------------------------------------------
-    def route(self, topic: str, *, include_remote: bool = True) -> Route:
-        """Where a publish on ``topic`` goes. Raises TopicError for a bad topic."""
-        route = Route()
-        matched = self._trie.match(topic)
-        # group -> candidate members: ("local", LocalSub) or ("remote", node_id, weight)
-        groups: dict[str, list[tuple]] = {}
-        for sub in matched:
+    def plan(self, topic: str, include_remote: bool = True) -> "Plan":
+        """Who wants ``topic``, cached until subscriptions or remote interest change:
+        a publish to a known topic costs one dict lookup. Raises TopicError."""
+        key = (topic, include_remote)
+        plan = self._plans.get(key)
+        if plan is not None:
+            return plan
+        local: list[LocalSub] = []
+        groups: dict[str, list[tuple]] = {}  # group -> ("local", sub, 1) | ("remote", id, n)
+        for sub in self._trie.match(topic):
             if sub.group is None:
-                route.local.append(sub)
+                local.append(sub)
             else:
                 groups.setdefault(sub.group, []).append(("local", sub, 1))
+        remote: list[bytes] = []
         if include_remote and self._remote_tokens:
             tokens = validate_topic(topic)
             for node_id, pats in self._remote_tokens.items():
@@ -149,8 +166,18 @@ class PubSubRouter:
                     else:
                         groups.setdefault(rp.group, []).append(("remote", node_id, rp.members))
                 if plain:
-                    route.remote[node_id] = (True, ())
-        for group, members in groups.items():
+                    remote.append(node_id)
+        plan = Plan(tuple(local), tuple(remote), tuple(groups.items()))
+        if len(self._plans) >= self._cache_entries:
+            self._plans.clear()  # bounded; refilled by the topics actually in use
+        self._plans[key] = plan
+        return plan
+
+    def route(self, topic: str, *, include_remote: bool = True) -> Route:
+        """Where one publish on ``topic`` goes (queue-group members picked now)."""
+        plan = self.plan(topic, include_remote)
+        route = Route(list(plan.local), {n: (True, ()) for n in plan.remote})
+        for group, members in plan.groups:
             chosen = self._pick(members)
             if chosen[0] == "local":
                 route.local.append(chosen[1])

@@ -105,12 +105,20 @@ class PubSubService:
         """
         self.stats["published"] += 1
         interest = self.interest
+        plan = self.router.plan(topic, interest is not None)
+        if not plan.groups and not plan.remote:  # the common case: plain local subscribers
+            if plan.local:
+                self._deliver_local(plan.local, topic, payload, reply_to, headers)
+            if interest is None or (interest.ready(topic) and topic not in self._waiting):
+                return
+            route = Route()  # local part done; the remote part may still be unknown
+        else:
+            route = self.router.route(topic, include_remote=interest is not None)
+            if route.local:
+                self._deliver_local(route.local, topic, payload, reply_to, headers)
+            if interest is None:
+                return
         waiting = self._waiting.get(topic)
-        route = self.router.route(topic, include_remote=interest is not None)
-        if route.local:
-            self._deliver_local(route.local, topic, payload, reply_to, headers)
-        if interest is None:
-            return
         if waiting is None and interest.ready(topic) and self._all_connected(route):
             self._send_remote(route, topic, payload, reply_to, headers)
             return
@@ -145,18 +153,17 @@ class PubSubService:
         for payload, reply_to, headers in waiting:
             self._send_remote(route, topic, payload, reply_to, headers)
 
-    def _deliver_local(self, subs: list[LocalSub], topic: str, payload: bytes, reply_to,
-                       headers) -> None:
-        pool = self.node.pool
+    def _deliver_local(self, subs, topic: str, payload: bytes, reply_to, headers) -> None:
+        outboxes = self._outboxes
         for sub in subs:
-            outbox = self._outboxes.get(sub.owner)
+            outbox = outboxes.get(sub.owner)
             if outbox is None:
-                session = pool.get(sub.owner)
+                session = self.node.pool.get(sub.owner)
                 if session is None:
                     continue
-                outbox = self._outboxes[sub.owner] = Outbox(session, self.subscriber_queue)
+                outbox = outboxes[sub.owner] = Outbox(session, self.subscriber_queue)
             outbox.put(encode(Deliver(sub.sub_id, topic, payload, reply_to, headers)))
-            self.stats["delivered"] += 1
+        self.stats["delivered"] += len(subs)
 
     def _send_remote(self, route: Route, topic: str, payload: bytes, reply_to, headers) -> None:
         """One PUBSUB_ROUTE per remote node (never more: no relaying, no amplification)."""

@@ -17,6 +17,7 @@ import asyncio
 import logging
 import socket
 import ssl
+import sys
 from typing import Callable
 
 from qh3.quic.configuration import QuicConfiguration
@@ -38,7 +39,14 @@ ALPN = "macula/1"
 CID_LENGTH = 8
 MAX_DATAGRAM_SIZE = 1452     # Ethernet MTU minus IPv4/UDP headers; qh3 defaults to 1280
 MAX_DATAGRAM_FRAME_SIZE = 65536  # qh3 always advertises datagrams: say how large
-RECV_BATCH = 32             # datagrams read per readiness callback before yielding
+RECV_BATCH = 32             # reads per readiness callback: bursts are bounded so ACKs flow
+RECV_BUFFER = 1 << 16       # one GRO buffer holds up to 64 KiB
+SOL_UDP = 17                # Linux UDP-level options (the socket module lacks the names)
+UDP_SEGMENT = 103           # GSO: send equal-sized datagrams in one syscall
+UDP_GRO = 104               # GRO: receive a burst of one flow in one buffer
+GSO_MAX_SEGMENTS = 64
+GSO_MAX_BYTES = 65000
+_GRO_CMSG_SPACE = socket.CMSG_SPACE(4)             # datagrams read per readiness callback before yielding
 _SUPPORTED_VERSIONS = (QuicProtocolVersion.VERSION_1,)
 
 
@@ -183,9 +191,9 @@ class QuicLink:
         if self.closed:
             return
         self._push_pending()
-        sendto = self.endpoint._sendto
-        for data, addr in self.conn.datagrams_to_send(now):
-            sendto(data, addr)
+        datagrams = self.conn.datagrams_to_send(now)
+        if datagrams:
+            self.endpoint._send_datagrams(datagrams)
         if self.stream_id is not None:
             self._unsent = self.conn.get_send_buffer_size(self.stream_id)
         self._process_events()  # closing may have produced ConnectionTerminated
@@ -228,8 +236,10 @@ class Endpoint:
         self._flush_scheduled = False
         self._accept_bucket = TokenBucket(max_handshakes_per_s, max_handshakes_per_s, MonotonicClock())
         self._server_config = self._make_config(is_client=False)
+        self._gso = sys.platform == "linux"   # turned off at the first failure
+        self._gro = False
         self.stats = {"datagrams_in": 0, "datagrams_out": 0, "send_dropped": 0,
-                      "unknown_cid": 0, "accept_refused": 0}
+                      "unknown_cid": 0, "accept_refused": 0, "gso_sends": 0, "gro_receives": 0}
 
     # -- configuration -------------------------------------------------------------
     def _make_config(self, is_client: bool, server_name: str | None = None) -> QuicConfiguration:
@@ -264,6 +274,11 @@ class Endpoint:
                     pass
             sock.bind((host, port))
             sock.setblocking(False)
+            try:  # GRO: the kernel hands us bursts of one flow as one buffer
+                sock.setsockopt(SOL_UDP, UDP_GRO, 1)
+                self._gro = True
+            except OSError:
+                self._gro = False
         except OSError:
             sock.close()
             raise
@@ -290,6 +305,49 @@ class Endpoint:
         except OSError as exc:
             self.stats["send_dropped"] += 1
             log.debug("sendto %s failed: %s", addr, exc)
+
+    def _send_datagrams(self, datagrams: list[tuple[bytes, tuple]]) -> None:
+        """Send one connection's datagrams, several per syscall with GSO where possible.
+
+        GSO (UDP_SEGMENT) takes a buffer of equal-sized segments, the last one may be
+        shorter; qh3 fills datagrams to the maximum size, so a burst is one sendmsg
+        instead of dozens of sendto calls.
+        """
+        if not self._gso or len(datagrams) == 1:
+            for data, addr in datagrams:
+                self._sendto(data, addr)
+            return
+        run: list[bytes] = []
+        run_addr = None
+        size = 0
+        for data, addr in datagrams:
+            n = len(data)
+            if run and (addr != run_addr or n > size or len(run[-1]) != size
+                        or len(run) >= GSO_MAX_SEGMENTS or (len(run) + 1) * size > GSO_MAX_BYTES):
+                self._send_run(run, run_addr, size)
+                run = []
+            if not run:
+                run_addr, size = addr, n
+            run.append(data)
+        if run:
+            self._send_run(run, run_addr, size)
+
+    def _send_run(self, run: list[bytes], addr: tuple, size: int) -> None:
+        if len(run) == 1:
+            self._sendto(run[0], addr)
+            return
+        try:
+            self._sock.sendmsg([b"".join(run)],  # type: ignore[union-attr]
+                               [(SOL_UDP, UDP_SEGMENT, size.to_bytes(2, sys.byteorder))], 0, addr)
+            self.stats["datagrams_out"] += len(run)
+            self.stats["gso_sends"] += 1
+        except (BlockingIOError, InterruptedError):
+            self.stats["send_dropped"] += len(run)
+        except OSError as exc:  # no GSO here after all (old kernel, odd device): plain sends
+            log.debug("GSO send failed (%s); falling back to one datagram per syscall", exc)
+            self._gso = False
+            for data in run:
+                self._sendto(data, addr)
 
     # -- dialling -------------------------------------------------------------------
     def dial(self, host: str, port: int) -> QuicLink:
@@ -333,15 +391,30 @@ class Endpoint:
         sock = self._sock
         if sock is None:
             return
+        gro = self._gro
+        # link -> [addr, item, item, ...]; an item is a datagram, or (buffer, segment size)
         batches: dict[QuicLink, list] = {}
         for _ in range(RECV_BATCH):
             try:
-                data, addr = sock.recvfrom(65536)
+                if gro:
+                    data, anc, _flags, addr = sock.recvmsg(RECV_BUFFER, _GRO_CMSG_SPACE)
+                else:
+                    data, addr = sock.recvfrom(RECV_BUFFER)
+                    anc = None
             except (BlockingIOError, InterruptedError):
                 break
             except OSError as exc:  # e.g. ICMP port unreachable surfaced as ECONNREFUSED
-                log.debug("recvfrom: %s", exc)
+                log.debug("recv: %s", exc)
                 continue
+            item = data
+            if anc:
+                for level, kind, value in anc:
+                    if level == SOL_UDP and kind == UDP_GRO:
+                        segment = int.from_bytes(value[:4], sys.byteorder)
+                        if 0 < segment < len(data):
+                            item = (data, segment)
+                            self.stats["gro_receives"] += 1
+                            self.stats["datagrams_in"] += -(-len(data) // segment) - 1
             self.stats["datagrams_in"] += 1
             parsed = _parse_dcid(data)
             if parsed is None:
@@ -349,31 +422,42 @@ class Endpoint:
             dcid, is_initial, version = parsed
             link = self._cids.get(dcid)
             if link is None:
-                link = self._accept(data, addr, dcid, is_initial, version)
+                first = data if item is data else data[:item[1]]
+                link = self._accept(first, addr, dcid, is_initial, version)
                 if link is None:
                     continue
             batch = batches.get(link)
             if batch is None:
-                batches[link] = [addr, data]
+                batches[link] = [addr, item]
             elif batch[0] == addr:
-                batch.append(data)
+                batch.append(item)
             else:  # peer migrated mid-batch: deliver what we have, then restart
                 self._deliver(link, batch[0], batch[1:])
-                batches[link] = [addr, data]
+                batches[link] = [addr, item]
         if not batches:
             return
         for link, batch in batches.items():
             self._deliver(link, batch[0], batch[1:])
         self._flush()
 
-    def _deliver(self, link: QuicLink, addr: tuple, datagrams: list[bytes]) -> None:
+    def _deliver(self, link: QuicLink, addr: tuple, items: list) -> None:
         if link.closed:
             return
+        conn = link.conn
         now = self.loop.time()
-        if len(datagrams) == 1:
-            link.conn.receive_datagram(datagrams[0], addr, now)
-        else:
-            link.conn.receive_many_datagrams(datagrams, addr, now)
+        plain: list[bytes] = []
+        for item in items:
+            if type(item) is tuple:  # a GRO buffer: qh3 splits it without copies
+                if plain:
+                    conn.receive_many_datagrams(plain, addr, now)
+                    plain = []
+                conn.receive_gro_buffer(item[0], item[1], addr, now)
+            else:
+                plain.append(item)
+        if len(plain) == 1:
+            conn.receive_datagram(plain[0], addr, now)
+        elif plain:
+            conn.receive_many_datagrams(plain, addr, now)
         link._process_events()
         self._dirty.add(link)
 

@@ -74,6 +74,9 @@ class SessionConfig:
         self._identity_sig = self.identity.sign(identity_message(self._cert_key))
 
 
+_SESSION_TYPES = frozenset({Ping, Pong, GoAway, Error, Connect, Connected})
+
+
 class PeerInfo(NamedTuple):
     node_id: bytes
     name: str
@@ -250,7 +253,7 @@ class Session:
         for item in items:
             if self.state is State.CLOSED:
                 return
-            if isinstance(item, ProtocolError):
+            if type(item) is ProtocolError:
                 self._bad_frame(item)
                 continue
             self.frames_in += 1
@@ -266,7 +269,10 @@ class Session:
     def _dispatch(self, msg: Any) -> None:
         t = type(msg)
         if self.state is State.ESTABLISHED:
-            if t is Ping:
+            if t not in _SESSION_TYPES:  # the hot path: application messages
+                self.active = True
+                self._on_message(self, msg)
+            elif t is Ping:
                 self._send_control(Pong(msg.seq))
             elif t is Pong:
                 sent = self._pings.pop(msg.seq, None)
@@ -282,12 +288,9 @@ class Session:
                 log.info("peer %s reported error %s: %s", self.peer and self.peer.name,
                          msg.code, msg.message)
                 self._on_message(self, msg)
-            elif t is Connect or t is Connected:
+            else:
                 raise SessionRefused(f"{t.__name__.upper()} after the session started",
                                      code=ErrorCode.PROTOCOL_VIOLATION)
-            else:
-                self.active = True
-                self._on_message(self, msg)
             return
         if self.state is not State.HANDSHAKING:
             return

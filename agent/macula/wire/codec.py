@@ -66,15 +66,11 @@ def decode_body(msg_type: int, body: bytes) -> Any:
         raise ProtocolError(
             f"{spec.type.name}: {n} fields, expected {spec.required}..{spec.total}",
             code=ErrorCode.BAD_FIELD, msg_type=msg_type)
-    for (name, check), value in zip(spec.validators, fields):
-        try:
-            check(value)
-        except FieldError as exc:
-            raise ProtocolError(f"{spec.type.name}.{name}{'' if not exc.path else exc.path}: {exc.reason}",
-                                code=ErrorCode.BAD_FIELD, msg_type=msg_type) from None
-    if n < spec.total:
-        fields = fields + spec.defaults[n - spec.required:]
-    return spec.cls._make(fields)
+    try:
+        return spec.decode(fields, n)
+    except FieldError as exc:
+        raise ProtocolError(f"{spec.type.name}.{exc.path}: {exc.reason}",
+                            code=ErrorCode.BAD_FIELD, msg_type=msg_type) from None
 
 
 class FrameDecoder:

@@ -12,6 +12,7 @@ message gets a new ID; an ID is never reused for something else.
 from enum import IntEnum
 from typing import Annotated, Any, NamedTuple, get_type_hints
 
+from macula.wire.compile import compile_decoder
 from macula.wire.fields import (
     U8, U16, U32, U64, AnyValue, Bool, Bytes, ListOf, MapOf, Opt, Str, Struct,
     Validator,
@@ -100,6 +101,7 @@ class MessageSpec(NamedTuple):
     required: int
     total: int
     defaults: tuple
+    decode: Any  # generated: decode(fields, n) -> message, raises FieldError
 
 
 REGISTRY: dict[int, MessageSpec] = {}
@@ -122,8 +124,10 @@ def message(msg_type: MsgType):
                          if name in cls._field_defaults)
         total = len(cls._fields)
         cls.TYPE = msg_type
-        REGISTRY[msg_type] = MessageSpec(msg_type, cls, tuple(validators),
-                                         total - len(defaults), total, defaults)
+        required = total - len(defaults)
+        REGISTRY[msg_type] = MessageSpec(msg_type, cls, tuple(validators), required, total,
+                                         defaults, compile_decoder(cls, tuple(validators),
+                                                                   required, defaults))
         return cls
 
     return register
