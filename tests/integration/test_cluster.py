@@ -33,6 +33,10 @@ class DroppingEndpoint(Endpoint):
 
     dropping = False
 
+    def _send_datagrams(self, datagrams: list[tuple[bytes, tuple]]) -> None:
+        if not self.dropping:
+            super()._send_datagrams(datagrams)
+
     def _sendto(self, data: bytes, addr: tuple) -> None:
         if not self.dropping:
             super()._sendto(data, addr)

@@ -24,9 +24,8 @@ def make(n: int, seed: int, loss: float = 0.0, **options) -> tuple[Net, list[byt
         net.add(nid, core)
         core.start(0.0)
         net.drain(nid)
-    for nid in ids[1:]:
-        net.cores[nid].peer_connected(ids[0], None, net.now)
-        net.drain(nid)
+    for nid in ids[1:]:   # a session with the seed: both sides see it come up
+        net.connect(nid, ids[0])
         net.run_for(0.05)
     run_until(net, lambda: whole(net, ids), 20)
     return net, ids
@@ -67,6 +66,23 @@ def test_membership_is_the_gossip_peer_set_and_changes_reach_everyone() -> None:
     assert ProvidersChanged({"svc": (ids[2],)}) in events
     assert SubscriptionsChanged({ids[3]: (RemotePattern("a.*", "g", 2),)}) in events
     assert all(net.cores[n].metadata(ids[4]) == {"name": "n4"} for n in ids)
+
+
+def test_what_a_node_wrote_before_joining_spreads_at_once() -> None:
+    net, ids = make(4, seed=7)
+    late = node_id(9)
+    core = ClusterCore(late, ("10.0.0.9", 4433), late + b"boot", random.Random(9),
+                       lambda now: 1_700_000_000_000 + int(now * 1000), **FAST)
+    core.set_metadata({"name": "late"}, net.now)
+    core.set_local_procedures({"svc.late"}, net.now)
+    net.add(late, core)
+    core.start(net.now)
+    net.connect(late, ids[3])       # joins through one member; the others hear of it
+    took = run_until(net, lambda: all(net.cores[n].providers("svc.late") == (late,)
+                                      and net.cores[n].metadata(late) == {"name": "late"} for n in ids),
+                     2, 0.01)
+    print(f"a joiner's entries reached all 4 members {took * 1000:.0f} ms after its session came up")
+    assert took < 0.5     # pushed like any change, not left to anti-entropy (30 s)
 
 
 def test_a_failed_member_leaves_every_view_at_once_and_its_entries_go_after_the_grace() -> None:
@@ -114,8 +130,7 @@ def test_a_node_beyond_the_bound_can_read_but_not_write() -> None:
     core.set_local_procedures({"svc.late"}, net.now)
     net.add(late, core)
     core.start(net.now)
-    core.peer_connected(ids[0], None, net.now)
-    net.drain(late)
+    net.connect(late, ids[0])
     net.run_for(5.0)
     assert all(late not in net.cores[n].live() and not net.cores[n].providers("svc.late") for n in ids)
     assert sum(net.cores[n].stats.unadmitted for n in ids) > 0

@@ -85,7 +85,8 @@ def test_control_fields_and_conffile(amd64) -> None:
                                check=True).stdout
     assert b"./conffiles" in conffiles
     text = (root / "etc/macula/agent.toml").read_text()
-    assert tomllib.loads(text) == {"node": {}, "network": {}, "tls": {}, "timeouts": {}, "limits": {}}
+    assert tomllib.loads(text) == {"node": {}, "network": {}, "tls": {}, "timeouts": {}, "limits": {},
+                                   "cluster": {}}
     assert "# max_peers = \"per hardware profile, see `macula hw`\"" in text
     cfg = load_config(root / "etc/macula/agent.toml", env={}, limits=detect_limits()[1])
     assert cfg.network.listen_port == 9443

@@ -3,13 +3,12 @@
 It has the core shape (docs/ARCHITECTURE.md), so the node's edge and the simulator
 drive the same code. Inside:
 
-- membership decides the gossip peer set: a member that joins (or is readmitted)
-  becomes a gossip peer and is pulled from; one that fails or leaves stops being one,
-  so it no longer holds the delta log back;
-- gossip writes (PUSH, STATE) are taken only from nodes the membership table knows, so
-  a node refused at ``max_members`` cannot write into this node's state; reads (PULL,
-  DIGEST) are answered for any node of the cluster, which is how a joiner whose
-  membership news is still on its way gets the state;
+- membership decides the gossip peer set: a member that joins becomes a gossip peer
+  (pulled from when it is readmitted, or when a session to it comes up); one that
+  fails or leaves stops being one, so it no longer holds the delta log back;
+- gossip writes (PUSH, STATE) are refused from a node the membership table neither
+  holds nor has room for, so a node refused at ``max_members`` cannot write into this
+  node's state; reads (PULL, DIGEST) are answered for any node of the cluster;
 - after every merge, this node's own entries are checked against what it publishes
   and repaired (the far side of a partition, a false failure, a previous boot);
 - views (subscriptions, providers) count live members only, so a member that fails or
@@ -33,6 +32,7 @@ from macula.gossip import GossipCore, InputRejected, ReplicaChanged
 from macula.membership import (
     MemberFailed, MemberJoined, MemberLeft, State, SwimCore,
 )
+from macula.membership.core import ACTIVE
 from macula.pubsub.router import RemotePattern
 from macula.wire.messages import (
     GossipAck, GossipDigest, GossipPull, GossipPush, GossipState, SwimAck, SwimPing,
@@ -80,6 +80,9 @@ class ClusterCore:
         self.stats = ClusterStats()
         self._wall_ms = wall_ms
         self._live: set[bytes] = set()
+        self._departed: set[bytes] = set()        # failed or left, still in the table
+        self._pull_on_join: dict[bytes, None] = {}   # session peers not admitted yet
+        self._max_contacts = max_members
         self._absent: dict[bytes, float] = {}     # owner with entries, not live: since when
         self._subscriptions: SubscriptionView = {}
         self._providers: ProviderView = {}
@@ -142,7 +145,7 @@ class ClusterCore:
             self.swim.handle_message(sender, msg, now)
         elif kind in GOSSIP_TYPES:
             self.swim.heard_from(sender, now)   # e.g. a member we hold dead: it refutes now
-            if kind in _GOSSIP_WRITES and self.swim.state_of(sender) is None:
+            if kind in _GOSSIP_WRITES and not self._admissible(sender):
                 self.stats.unadmitted += 1
                 self._settle(now)
                 return
@@ -181,6 +184,11 @@ class ClusterCore:
         self.swim.peer_connected(node_id, addr, now)
         if node_id in self._live:
             self.gossip.peer_connected(node_id, addr, now)
+        else:   # pulled from once membership admits it
+            self._pull_on_join.pop(node_id, None)
+            self._pull_on_join[node_id] = None
+            if len(self._pull_on_join) > self._max_contacts:
+                del self._pull_on_join[next(iter(self._pull_on_join))]
         self._settle(now)
 
     def peer_disconnected(self, node_id: bytes, now: float) -> None:
@@ -207,6 +215,27 @@ class ClusterCore:
         if mutate is not None:
             self.gossip.update(name, mutate, now)
 
+    def _admissible(self, sender: bytes) -> bool:
+        """A member, or a node the table has room for (its membership news may still be
+        on the way; heard_from has asked it for its table)."""
+        if self.swim.state_of(sender) is not None:
+            return True
+        table = self.swim.table()
+        return len(table) < self.swim.max_members or any(s not in ACTIVE for s in table.values())
+
+    def _republish(self, now: float) -> None:
+        """Send our own entries again as one delta per name: what was written while
+        this node had no members left the delta log at once (no one to wait for), and
+        a peer that pulled it from us does not pass on what it pulled."""
+        for name in NAMES:
+            try:
+                mutate = self.state.republish(name, self._wall_ms(now))
+            except ClockSkew:
+                self.stats.clock_skew += 1
+                continue
+            if mutate is not None:
+                self.gossip.update(name, mutate, now)
+
     def _settle(self, now: float) -> None:
         """Act on what the cores reported: membership drives the gossip peers and the
         views; merges trigger the repair of own entries and new views."""
@@ -215,16 +244,27 @@ class ClusterCore:
         while (event := self.swim.next_event()) is not None:
             kind = type(event)
             if kind is MemberJoined:
-                self.gossip.peer_connected(event.node_id, event.addr, now)
+                # pull from a member coming back (a healed partition) and from one we
+                # have a session with; any other new member is pulled from by whoever
+                # it joined through, and its changes spread from there
+                pull = event.node_id in self._departed or event.node_id in self._pull_on_join
+                self._departed.discard(event.node_id)
+                self._pull_on_join.pop(event.node_id, None)
+                self.gossip.peer_connected(event.node_id, event.addr, now, pull=pull)
                 membership = True
             elif kind is MemberFailed or kind is MemberLeft:
                 self.gossip.peer_disconnected(event.node_id, now)
+                self._departed.add(event.node_id)
                 membership = True
                 if kind is MemberLeft:
                     left.append(event.node_id)
             self._emit(event)
         if membership:
+            alone = not self._live
             self._live = set(self.swim.members())
+            self._departed.intersection_update(self.swim.table())   # forgotten: a stranger again
+            if alone and self._live:
+                self._republish(now)
             for owner in left:   # a member that left is not coming back with these entries
                 if owner not in self._live and self._on_duty(owner):
                     self._remove(owner, now)

@@ -170,6 +170,23 @@ class ClusterState:
                 edits += [("remove", key, e) for e in sorted(have - want)]
         return self._set_edits(edits) if edits else None
 
+    def republish(self, name: str, wall_ms: int) -> Mutator | None:
+        """A mutator writing this node's entries under ``name`` again, unchanged but
+        under fresh dots: a delta carrying all of them, for peers that never got them
+        (they were written while this node had no one to send them to)."""
+        rid, me = self.replica_id, self.node_id
+        if name == NODES:
+            if self._meta is None:
+                return None
+            meta, clock = self._meta, self.hlc
+            return lambda m: m.update(rid, self._key, lambda reg: reg.set(meta, clock, wall_ms))
+        if name == PROCEDURES:
+            edits = [("add", key, me) for key in sorted(self._procedures)]
+        else:
+            edits = [("add", key, e) for key in sorted(self._subscriptions)
+                     for e in sorted(self._subscriptions[key])]
+        return self._set_edits(edits) if edits else None
+
     def _own_subscriptions(self) -> dict[str, frozenset[bytes]]:
         me, replica = self.node_id, self.replicas[SUBSCRIPTIONS]
         out = {}

@@ -145,13 +145,16 @@ class GossipCore:
         return len(self._log), self._log.bytes
 
     # ---- the core shape ---------------------------------------------------------------
-    def peer_connected(self, node_id: bytes, addr: Any, now: float) -> None:
+    def peer_connected(self, node_id: bytes, addr: Any, now: float, pull: bool = True) -> None:
+        """Gossip with ``node_id`` from now on, pulling what differs unless ``pull`` is
+        False (a peer that membership news introduced: pulling from every one of them
+        while a large cluster forms would move whole states N times over)."""
         self._start(now)
         if node_id not in self._peers and len(self._peers) >= self.max_peers:
             self.stats.peers_refused += 1
             return
         self._peers[node_id] = _Peer()
-        if self._replicas:
+        if pull and self._replicas:
             self._send(node_id, GossipPull(self._digest_list(self._replicas)))
 
     def peer_disconnected(self, node_id: bytes, now: float) -> None:
