@@ -132,8 +132,14 @@ def test_a_peer_added_without_pull_is_gossiped_with_but_not_pulled_from() -> Non
     net.run_for(2.0)
     assert net.cores[b].log_size() == (0, 0)    # no peers: nothing kept for anyone
     net.cores[a].peer_connected(b, None, net.now, pull=False)
+    [(dest, hello)] = net.cores[a].messages_to_send()
+    assert dest == b and isinstance(hello, GossipPush) and hello.entries == ()
+    net.cores[b].handle_message(a, hello, net.now)     # announced: b acks with what it has
+    [(dest, ack)] = net.cores[b].messages_to_send()
+    assert dest == a and isinstance(ack, GossipAck) and ack.seq == hello.seq
+    net.deliver(b, a, ack)
     net.cores[b].peer_connected(a, None, net.now, pull=False)
-    assert not net.cores[a].messages_to_send() and not net.cores[b].messages_to_send()
+    net.drain(b)
     net.cores[b].update("services", lambda s: s.add(replica_id(b), "after"), net.now)
     net.run_for(1.0)
     assert net.cores[a].replica("services").value() == {"after"}   # deltas flow; no pull

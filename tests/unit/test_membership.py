@@ -143,12 +143,22 @@ def test_a_member_held_dead_hears_so_from_whoever_it_talks_to_and_refutes_at_onc
     assert net.cores[other].state_of(ghost) == State.ALIVE
 
 
-def test_a_stranger_that_talks_to_us_is_asked_for_its_table() -> None:
+def test_a_stranger_that_keeps_talking_to_us_is_asked_for_its_table() -> None:
     a = SwimCore(node_id(0), ("10.0.0.0", 4433), random.Random(1))
-    a.heard_from(node_id(7), 0.0)
+    a.heard_from(node_id(7), 0.0)       # its membership news may be on its way: wait
+    a.heard_from(node_id(7), 4.0)
+    assert not a.messages_to_send()
+    a.heard_from(node_id(7), 5.0)       # five probe periods on, still a stranger: ask
     [(dest, msg)] = a.messages_to_send()
     assert dest == node_id(7) and msg.sync and msg.updates[0][0] == node_id(0)
-    a.heard_from(node_id(0), 0.0)     # itself: nothing
+    a.heard_from(node_id(8), 0.0)
+    a.heard_from(node_id(8), 6.0)       # one ask per probe period
+    assert not a.messages_to_send()
+    a.handle_timer(7.0)
+    a.messages_to_send()
+    a.heard_from(node_id(8), 7.0)
+    assert [d for d, m in a.messages_to_send() if m.sync] == [node_id(8)]
+    a.heard_from(node_id(0), 8.0)       # itself: nothing
     assert not a.messages_to_send()
 
 
@@ -213,6 +223,11 @@ def test_under_heavy_loss_a_falsely_failed_node_refutes_and_is_readmitted() -> N
     net.run_for(120.0)
     # 15% loss each way is past the design point: this seed sees false failures
     failed = {e.node_id for evs in net.events.values() for _, e in evs if isinstance(e, MemberFailed)}
+    for core in net.cores.values():   # the live count and the tombstone index kept up
+        table = core.table()
+        assert core._active_count() == 1 + len(core.members())
+        assert list(core._tombstones) == sorted(core._tombstones, key=core._tombstones.get)
+        assert set(core._tombstones) == {n for n, st in table.items() if st in (State.DEAD, State.LEFT)}
     net.loss = 0.0
     took = run_until_true(net, lambda: full_views(net, ids, set(ids)), limit=60)
     print(f"loss 15%: {len(failed)} node(s) falsely failed, all readmitted {took:.1f} s after loss stopped")

@@ -3,9 +3,16 @@
 It has the core shape (docs/ARCHITECTURE.md), so the node's edge and the simulator
 drive the same code. Inside:
 
-- membership decides the gossip peer set: a member that joins becomes a gossip peer
-  (pulled from when it is readmitted, or when a session to it comes up); one that
-  fails or leaves stops being one, so it no longer holds the delta log back;
+- membership decides the gossip peers: each node gossips with a random partial view of
+  the live members, the ``gossip_peers`` it chose plus those that chose it (links are
+  used both ways: one a node cannot push back on would leave the chooser fed only by
+  anti-entropy). A cluster of up to ``gossip_peers`` + 1 nodes is a full mesh; in a
+  larger one a node has about twice ``gossip_peers`` peers whatever the size. Gossip
+  pushes an entry until every peer has it, so a view of all N members would cost
+  O(N) pushes per node per change. A neighbour that fails or leaves is replaced at
+  once (and no longer holds the delta log back);
+- pulls (whole states that differ) go to a member we have a session with, including
+  the one a joiner joins through, and to one that comes back after it failed;
 - gossip writes (PUSH, STATE) are refused from a node the membership table neither
   holds nor has room for, so a node refused at ``max_members`` cannot write into this
   node's state; reads (PULL, DIGEST) are answered for any node of the cluster;
@@ -58,8 +65,8 @@ class ClusterCore:
                  sync_interval: float = 30.0, dead_retention: float = 30.0,
                  gossip_interval: float = 1.0, fanout: int = 3,
                  anti_entropy_interval: float = 30.0, max_message_bytes: int = 64 * 1024,
-                 max_log_bytes: int = 1 << 20, gc_grace: float = 60.0, gc_copies: int = 2,
-                 max_events: int = 1024) -> None:
+                 max_log_bytes: int = 1 << 20, gossip_peers: int = 4, gc_grace: float = 60.0,
+                 gc_copies: int = 2, max_events: int = 1024) -> None:
         """``max_members`` counts this node. ``wall_ms(now)`` gives Unix milliseconds
         for the metadata clock (the node's wall clock; the simulator's virtual time)."""
         self.node_id = node_id
@@ -74,12 +81,16 @@ class ClusterCore:
         self.state = ClusterState(node_id, replica_id, max_entries_per_node=max_entries_per_node)
         for name, replica in self.state.replicas.items():
             self.gossip.register(name, replica)
+        self.gossip_peers = gossip_peers
         self.gc_grace = gc_grace
         self.gc_copies = gc_copies
         self.sweep_interval = min(10.0, gc_grace / 2)
         self.stats = ClusterStats()
         self._wall_ms = wall_ms
+        self._rng = rng
         self._live: set[bytes] = set()
+        self._chosen: set[bytes] = set()          # gossip neighbours this node picked
+        self._peers: set[bytes] = set()           # gossip peers: chosen, and those that chose us
         self._departed: set[bytes] = set()        # failed or left, still in the table
         self._pull_on_join: dict[bytes, None] = {}   # session peers not admitted yet
         self._max_contacts = max_members
@@ -149,6 +160,8 @@ class ClusterCore:
                 self.stats.unadmitted += 1
                 self._settle(now)
                 return
+            if sender in self._live and sender not in self._peers:
+                self._add_peer(sender, now, pull=False)   # it chose us: gossip both ways
             self.gossip.handle_message(sender, msg, now)
         else:
             return
@@ -182,9 +195,9 @@ class ClusterCore:
         """A session came up: membership syncs unless it knows the node alive, and a
         live member is pulled from (what a dropped session may have lost)."""
         self.swim.peer_connected(node_id, addr, now)
-        if node_id in self._live:
-            self.gossip.peer_connected(node_id, addr, now)
-        else:   # pulled from once membership admits it
+        if node_id in self._peers:
+            self.gossip.peer_connected(node_id, addr, now)   # what a dropped session lost
+        elif node_id not in self._live:   # pulled from once membership admits it
             self._pull_on_join.pop(node_id, None)
             self._pull_on_join[node_id] = None
             if len(self._pull_on_join) > self._max_contacts:
@@ -239,30 +252,25 @@ class ClusterCore:
     def _settle(self, now: float) -> None:
         """Act on what the cores reported: membership drives the gossip peers and the
         views; merges trigger the repair of own entries and new views."""
+        alone = not self._live
         membership = False
         left = []
         while (event := self.swim.next_event()) is not None:
             kind = type(event)
             if kind is MemberJoined:
-                # pull from a member coming back (a healed partition) and from one we
-                # have a session with; any other new member is pulled from by whoever
-                # it joined through, and its changes spread from there
-                pull = event.node_id in self._departed or event.node_id in self._pull_on_join
-                self._departed.discard(event.node_id)
-                self._pull_on_join.pop(event.node_id, None)
-                self.gossip.peer_connected(event.node_id, event.addr, now, pull=pull)
                 membership = True
+                self._live.add(event.node_id)
+                self._on_joined(event.node_id, now)
             elif kind is MemberFailed or kind is MemberLeft:
-                self.gossip.peer_disconnected(event.node_id, now)
-                self._departed.add(event.node_id)
                 membership = True
+                self._live.discard(event.node_id)
+                self._departed.add(event.node_id)
+                self._drop_peer(event.node_id, now)
                 if kind is MemberLeft:
                     left.append(event.node_id)
             self._emit(event)
         if membership:
-            alone = not self._live
-            self._live = set(self.swim.members())
-            self._departed.intersection_update(self.swim.table())   # forgotten: a stranger again
+            self._fill_view(now)
             if alone and self._live:
                 self._republish(now)
             for owner in left:   # a member that left is not coming back with these entries
@@ -280,6 +288,45 @@ class ClusterCore:
             self._fix(name, now)   # repair our own entries if the merge touched them
         if membership or "procedures" in changed or "subscriptions" in changed:
             self._refresh_views()
+
+    def _on_joined(self, node_id: bytes, now: float) -> None:
+        """A member joined: a neighbour if the view has room; pulled from if it comes
+        back after failing (a healed partition) or we have a session with it."""
+        pull = node_id in self._departed or node_id in self._pull_on_join
+        self._departed.discard(node_id)
+        self._pull_on_join.pop(node_id, None)
+        if node_id in self._peers:
+            if pull:
+                self.gossip.peer_connected(node_id, None, now)
+        elif len(self._chosen) < self.gossip_peers:
+            if self._add_peer(node_id, now, pull):
+                self._chosen.add(node_id)
+        elif pull:
+            self._add_peer(node_id, now, pull)
+
+    def _add_peer(self, node_id: bytes, now: float, pull: bool) -> bool:
+        """Gossip with ``node_id`` (bounded by max_members, as the membership is)."""
+        if len(self._peers) >= self.gossip.max_peers:
+            return False
+        self._peers.add(node_id)
+        self.gossip.peer_connected(node_id, None, now, pull=pull)
+        return True
+
+    def _drop_peer(self, node_id: bytes, now: float) -> None:
+        self._chosen.discard(node_id)
+        if node_id in self._peers:
+            self._peers.discard(node_id)
+            self.gossip.peer_disconnected(node_id, now)
+
+    def _fill_view(self, now: float) -> None:
+        """Choose random live members until the view is full (or no one is left)."""
+        missing = self.gossip_peers - len(self._chosen)
+        if missing <= 0:
+            return
+        candidates = sorted(self._live - self._chosen)
+        for node_id in self._rng.sample(candidates, min(missing, len(candidates))):
+            if node_id in self._peers or self._add_peer(node_id, now, pull=False):
+                self._chosen.add(node_id)
 
     def _emit(self, event: Event) -> None:
         if len(self._events) >= self._max_events:
@@ -318,7 +365,17 @@ class ClusterCore:
         self._absent.pop(owner, None)
 
     def _sweep(self, now: float) -> None:
-        """Delete the entries of owners that have not been live members for gc_grace."""
+        """Delete the entries of owners that have not been live members for gc_grace;
+        check the live set against the membership table (events can be dropped at
+        their bound) and forget departures the table has forgotten."""
+        live = set(self.swim.members())
+        if live != self._live:
+            for node_id in self._live - live:
+                self._drop_peer(node_id, now)
+            self._live = live
+            self._fill_view(now)
+            self._refresh_views()
+        self._departed.intersection_update(self.swim.table())
         owners = self.state.owners()
         owners.discard(self.node_id)
         for owner in [o for o in self._absent if o not in owners]:

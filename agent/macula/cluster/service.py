@@ -78,6 +78,7 @@ class ClusterSettings:
     max_entries_per_node: int = 4096
     gossip_interval: float = 1.0
     gossip_fanout: int = 3
+    gossip_peers: int = 4
     max_message_bytes: int = MAX_GOSSIP_MESSAGE
     dial_backoff_base: float = 0.5
     dial_backoff_cap: float = 30.0
@@ -96,6 +97,7 @@ class ClusterSettings:
                    metadata_interval=c.metadata_interval, max_dials=c.max_dials,
                    max_entries_per_node=c.max_entries_per_node,
                    gossip_interval=lim.gossip_interval, gossip_fanout=lim.gossip_fanout,
+                   gossip_peers=c.gossip_peers,
                    max_message_bytes=message, dial_backoff_base=cfg.timeouts.reconnect_base,
                    dial_backoff_cap=cfg.timeouts.reconnect_cap)
 
@@ -134,7 +136,8 @@ class ClusterService:
             max_entries_per_node=s.max_entries_per_node, probe_interval=s.probe_interval,
             probe_timeout=s.probe_timeout, suspicion_mult=s.suspicion_mult,
             sync_interval=s.sync_interval, gossip_interval=s.gossip_interval,
-            fanout=s.gossip_fanout, anti_entropy_interval=s.anti_entropy_interval,
+            fanout=s.gossip_fanout, gossip_peers=s.gossip_peers,
+            anti_entropy_interval=s.anti_entropy_interval,
             max_message_bytes=s.max_message_bytes, gc_grace=s.gc_grace)
         self._subscription_listeners: list[Callable[[dict[bytes, tuple[RemotePattern, ...]]], None]] = []
         self._provider_listeners: list[Callable[[dict[str, list[bytes]]], None]] = []

@@ -239,7 +239,7 @@ class ClusterState:
     def views(self, live: set[bytes]) -> tuple[SubscriptionView, ProviderView]:
         """(node -> its patterns, procedure -> providers) over ``live`` members other
         than this node; each owner counts for at most ``max_entries_per_node``."""
-        live = live - {self.node_id}
+        me = self.node_id
         budget: dict[bytes, int] = {}
         over = malformed = 0
         cap = self.max_entries_per_node
@@ -260,7 +260,7 @@ class ClusterState:
             for e in sorted(replica.get(key), key=_sort_key):
                 if _owner_of(PROCEDURES, e) is None:
                     malformed += 1
-                elif e in live and take(e):
+                elif e in live and e != me and take(e):
                     chosen.append(e)
             if chosen:
                 providers[key] = tuple(chosen)
@@ -271,7 +271,7 @@ class ClusterState:
                 parsed = parse_subscription(e)
                 if parsed is None:
                     malformed += 1
-                elif parsed[0] in live and take(parsed[0]):
+                elif parsed[0] in live and parsed[0] != me and take(parsed[0]):
                     patterns.setdefault(parsed[0], []).append(RemotePattern(key, parsed[1], parsed[2]))
         self.over_cap, self.malformed = over, malformed
         return {owner: tuple(p) for owner, p in patterns.items()}, providers

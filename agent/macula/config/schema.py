@@ -205,6 +205,9 @@ class ClusterConfig:
     sync_interval: float = _opt("seconds between full membership syncs with one live and one "
                                 "failed member (how the sides of a healed partition meet)",
                                 float_range(1, 3600), default=30.0)
+    gossip_peers: int = _opt("members each node picks to gossip with (those that pick it are "
+                             "added); a cluster of up to this + 1 nodes is a full mesh",
+                             int_range(1, 1024), default=4)
     anti_entropy_interval: float = _opt("seconds between digest comparisons with one member",
                                         float_range(1, 3600), default=30.0)
     gc_grace: float = _opt("seconds a failed member's entries stay in the replicated state "

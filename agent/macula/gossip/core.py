@@ -146,9 +146,10 @@ class GossipCore:
 
     # ---- the core shape ---------------------------------------------------------------
     def peer_connected(self, node_id: bytes, addr: Any, now: float, pull: bool = True) -> None:
-        """Gossip with ``node_id`` from now on, pulling what differs unless ``pull`` is
-        False (a peer that membership news introduced: pulling from every one of them
-        while a large cluster forms would move whole states N times over)."""
+        """Gossip with ``node_id`` from now on, pulling what differs. With ``pull`` False
+        (a peer that membership news introduced: pulling from every one while a large
+        cluster forms would move whole states N times over) it gets an empty PUSH
+        instead: that tells it we gossip with it, and its ACK says what it has."""
         self._start(now)
         if node_id not in self._peers and len(self._peers) >= self.max_peers:
             self.stats.peers_refused += 1
@@ -156,6 +157,8 @@ class GossipCore:
         self._peers[node_id] = _Peer()
         if pull and self._replicas:
             self._send(node_id, GossipPull(self._digest_list(self._replicas)))
+        elif not pull:
+            self._send(node_id, GossipPush(self._next_seq(), (), self._known_wire()))
 
     def peer_disconnected(self, node_id: bytes, now: float) -> None:
         if self._peers.pop(node_id, None) is not None:
