@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
+from collections import Counter, deque
 from typing import TYPE_CHECKING, Any, Protocol
 
 from macula.errors import ErrorCode, MaculaError
@@ -25,6 +25,8 @@ if TYPE_CHECKING:
     from macula.node import Node
 
 log = logging.getLogger("macula.pubsub")
+
+UNREACHABLE_BACKOFF = 10.0  # a subscriber node that failed a dial is skipped this long
 
 
 class InterestSource(Protocol):
@@ -47,8 +49,13 @@ class PubSubService:
         self.interest: InterestSource | None = None
         self._outboxes: dict[bytes, Outbox] = {}
         self._waiting: dict[str, deque] = {}   # topic -> publishes waiting for interest
+        self._dialing: dict[bytes, deque] = {}  # node -> frames waiting for its session
+        self._unreachable: dict[bytes, float] = {}  # node -> skip it until then
         self.stats = {"published": 0, "delivered": 0, "routed_out": 0, "routed_in": 0,
                       "dropped": 0, "waiting_dropped": 0}
+        # PUBSUB_ROUTE frames per peer node: what proves there is no amplification
+        self.routed_to: Counter[bytes] = Counter()
+        self.routed_from: Counter[bytes] = Counter()
 
     def attach(self) -> None:
         node = self.node
@@ -99,9 +106,9 @@ class PubSubService:
                 headers: dict | None = None) -> None:
         """Publish from this node (for a client, or the node itself).
 
-        Local subscribers get it at once. The remote part goes out at once when the
-        topic's remote interest is known and every target node has a session; otherwise
-        it waits (bounded, in order) for the lookup and the dials.
+        Local subscribers get it at once. Remote nodes get one frame each as soon as the
+        topic's remote interest is known; until then the topic's publishes wait, in
+        order and bounded, for the lookup.
         """
         self.stats["published"] += 1
         interest = self.interest
@@ -109,19 +116,19 @@ class PubSubService:
         if not plan.groups and not plan.remote:  # the common case: plain local subscribers
             if plan.local:
                 self._deliver_local(plan.local, topic, payload, reply_to, headers)
-            if interest is None or (interest.ready(topic) and topic not in self._waiting):
+            if interest is None or (topic not in self._waiting and interest.ready(topic)):
                 return
-            route = Route()  # local part done; the remote part may still be unknown
+            route = None  # local part done; the remote part is still unknown
         else:
             route = self.router.route(topic, include_remote=interest is not None)
             if route.local:
                 self._deliver_local(route.local, topic, payload, reply_to, headers)
             if interest is None:
                 return
+            if topic not in self._waiting and interest.ready(topic):
+                self._send_remote(route, topic, payload, reply_to, headers)
+                return
         waiting = self._waiting.get(topic)
-        if waiting is None and interest.ready(topic) and self._all_connected(route):
-            self._send_remote(route, topic, payload, reply_to, headers)
-            return
         if waiting is None:
             waiting = self._waiting[topic] = deque(maxlen=self.pending_per_topic)
             asyncio.get_running_loop().create_task(self._resolve(topic))
@@ -129,28 +136,14 @@ class PubSubService:
             self.stats["waiting_dropped"] += 1
         waiting.append((payload, reply_to, headers))
 
-    def _all_connected(self, route: Route) -> bool:
-        get = self.node.pool.get
-        return all(get(n) is not None for n in route.remote)
-
     async def _resolve(self, topic: str) -> None:
-        interest = self.interest
         try:
-            if not interest.ready(topic):
-                await interest.resolve(topic)
-            route = self.router.route(topic)
-            for node_id in route.remote:
-                if self.node.pool.get(node_id) is None:
-                    try:
-                        await interest.connect(node_id)
-                    except Exception as exc:
-                        log.debug("cannot reach subscriber node %s: %s", node_id.hex()[:12], exc)
+            await self.interest.resolve(topic)
         except Exception as exc:  # unresolved interest: the remote part of these is lost
             log.info("interest lookup for %r failed: %s", topic, exc)
         waiting = self._waiting.pop(topic, deque())
-        # recompute: interest may have changed while we waited; publish in arrival order
-        route = Route(remote=self.router.route(topic).remote)
-        for payload, reply_to, headers in waiting:
+        for payload, reply_to, headers in waiting:  # in arrival order
+            route = self.router.route(topic)  # groups pick a member per message
             self._send_remote(route, topic, payload, reply_to, headers)
 
     def _deliver_local(self, subs, topic: str, payload: bytes, reply_to, headers) -> None:
@@ -166,15 +159,52 @@ class PubSubService:
         self.stats["delivered"] += len(subs)
 
     def _send_remote(self, route: Route, topic: str, payload: bytes, reply_to, headers) -> None:
-        """One PUBSUB_ROUTE per remote node (never more: no relaying, no amplification)."""
+        """One PUBSUB_ROUTE per remote node (never more: no relaying, no amplification).
+        A node without a session gets its frames queued (bounded) while it is dialled."""
+        if not route.remote:
+            return
         origin = self.node.node_id
         for node_id, (plain, groups) in route.remote.items():
+            frame = encode(PubsubRoute(origin, topic, payload, plain, groups, reply_to, headers))
             outbox = self._outbox_for_node(node_id)
-            if outbox is None:
-                continue
-            outbox.put(encode(PubsubRoute(origin, topic, payload, plain, groups, reply_to,
-                                          headers)))
+            if outbox is not None and node_id not in self._dialing:
+                outbox.put(frame)
+            else:
+                self._queue_for_dial(node_id, frame)
             self.stats["routed_out"] += 1
+            self.routed_to[node_id] += 1
+
+    def _queue_for_dial(self, node_id: bytes, frame: bytes) -> None:
+        until = self._unreachable.get(node_id)
+        if until is not None and until > self.node.endpoint.loop.time():
+            self.stats["dropped"] += 1  # recently failed: do not queue behind a dead node
+            return
+        queue = self._dialing.get(node_id)
+        if queue is None:
+            queue = self._dialing[node_id] = deque(maxlen=self.subscriber_queue)
+            asyncio.get_running_loop().create_task(self._dial(node_id))
+        if len(queue) == queue.maxlen:
+            self.stats["dropped"] += 1
+        queue.append(frame)
+
+    async def _dial(self, node_id: bytes) -> None:
+        try:
+            session = await self.interest.connect(node_id)
+        except Exception as exc:
+            log.debug("cannot reach subscriber node %s: %s", node_id.hex()[:12], exc)
+            session = None
+        queue = self._dialing.pop(node_id, deque())
+        if session is None:
+            now = self.node.endpoint.loop.time()
+            if len(self._unreachable) >= 1024:  # bounded: forget backoffs that are over
+                self._unreachable = {n: t for n, t in self._unreachable.items() if t > now}
+            self._unreachable[node_id] = now + UNREACHABLE_BACKOFF
+            self.stats["dropped"] += len(queue)
+            return
+        self._unreachable.pop(node_id, None)
+        outbox = self._outbox_for_node(node_id)
+        for frame in queue:  # in order, before anything newer
+            outbox.put(frame)
 
     def _outbox_for_node(self, node_id: bytes) -> Outbox | None:
         outbox = self._outboxes.get(node_id)
@@ -191,6 +221,7 @@ class PubSubService:
         if session.peer.role != "node":
             return
         self.stats["routed_in"] += 1
+        self.routed_from[session.peer.node_id] += 1
         try:
             subs = self.router.local_for_route(msg.topic, msg.plain, msg.groups)
         except TopicError:

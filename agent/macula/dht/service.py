@@ -1,0 +1,207 @@
+"""The DHT on a node (edge): drives the sans-IO Kademlia core and its service registry
+over the node's sessions, and turns their operations into awaitables.
+
+- Every DHT message a session delivers goes to the core with the time; after each
+  input the edge "pumps": sends what the core produced, resolves finished operations,
+  re-arms the core's single timer (no polling).
+- A message for a node without a session dials its contact address; messages wait for
+  the dial (bounded per destination, and at most ``max_dials`` dials at once). A dial
+  that fails, or reaches another node than the contact says, is reported unreachable.
+- Peers with the ``dht-client`` cap (weak or unreachable nodes) are never routed to.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from typing import TYPE_CHECKING, Any
+
+from macula.dht.events import LookupDone, StoreDone, ValueFound
+from macula.dht.ids import CLIENT_CAP, Contact
+from macula.dht.node import DhtConfig, DhtNode
+from macula.dht.registry import Discovered, Provider, ServiceRegistry
+from macula.errors import ErrorCode, MaculaError
+from macula.transport.session import Session
+from macula.wire.messages import (
+    DhtPing, DhtPong, FindNode, FindNodeReply, FindValue, FindValueReply, Store, StoreReply,
+)
+
+if TYPE_CHECKING:
+    from macula.node import Node
+
+log = logging.getLogger("macula.dht")
+
+DHT_MESSAGES = (FindNode, FindNodeReply, FindValue, FindValueReply, Store, StoreReply,
+                DhtPing, DhtPong)
+QUEUED_PER_DIAL = 32       # messages waiting for one dial; more are dropped (RPC timeouts)
+OP_GUARD = 60.0            # an operation the core never finishes is abandoned after this
+
+
+class DhtService:
+    def __init__(self, node: "Node", config: DhtConfig, *, client_mode: bool = False,
+                 max_dials: int = 16, rng: random.Random | None = None) -> None:
+        self.node = node
+        self.loop = node.endpoint.loop
+        self.client_mode = client_mode
+        self.core = DhtNode(node.node_id, config, rng=rng or random.Random(),
+                            now=self.loop.time(), client=client_mode)
+        listen = node.pool.cfg.listen or ("0.0.0.0", 0)
+        self.registry = ServiceRegistry(self.core, node.cfg.node.realm, listen)
+        self._waiters: dict[int, asyncio.Future] = {}
+        self._dials: dict[bytes, list] = {}  # node ID -> messages waiting for the session
+        self._dial_slots = asyncio.Semaphore(max_dials)
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._bootstrapped = False
+        self.stats = {"dials": 0, "dial_failures": 0, "dropped": 0}
+
+    def attach(self) -> None:
+        for msg_cls in DHT_MESSAGES:
+            self.node.on(msg_cls, self._on_message)
+        self.node.peer_listeners.append(self._on_peer)
+        self._pump()
+
+    # -- inputs -----------------------------------------------------------------------
+    def _sender(self, session: Session) -> Contact | bytes:
+        p = session.peer
+        if p.role == "node" and p.listen is not None and CLIENT_CAP not in p.caps:
+            return Contact(p.node_id, p.listen[0], p.listen[1])
+        return p.node_id
+
+    def _on_message(self, session: Session, msg: Any) -> None:
+        self.core.handle_message(self._sender(session), msg, self.loop.time())
+        self._pump()
+
+    def _on_peer(self, event: str, session: Session) -> None:
+        p = session.peer
+        now = self.loop.time()
+        if event == "up":
+            if p.role != "node":
+                return
+            self.core.peer_connected(p.node_id, p.listen, now, client=CLIENT_CAP in p.caps)
+            if not self._bootstrapped and CLIENT_CAP not in p.caps:
+                self._bootstrapped = True  # first DHT peer: join through it
+                self.core.bootstrap([], now)
+            queued = self._dials.pop(p.node_id, None)
+            if queued:
+                for msg in queued:
+                    self._send_now(session, msg)
+        else:
+            self.core.peer_disconnected(p.node_id, now)
+        self._pump()
+
+    # -- the pump ---------------------------------------------------------------------
+    def _pump(self) -> None:
+        core = self.core
+        for dest, msg in core.messages_to_send():
+            self._deliver(dest, msg)
+        while True:
+            event = self.registry.next_event()
+            if event is None:
+                break
+            fut = self._waiters.pop(event.op_id, None)
+            if fut is not None and not fut.done():
+                fut.set_result(event)
+        at = core.get_timer()
+        if at != self._timer_at:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer_at = at
+            self._timer = None if at is None or at == float("inf") else \
+                self.loop.call_at(max(at, self.loop.time()), self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        self.core.handle_timer(self.loop.time())
+        self._pump()
+
+    def _deliver(self, dest: Contact | bytes, msg: Any) -> None:
+        node_id = dest if type(dest) is bytes else dest.node_id
+        session = self.node.pool.get(node_id)
+        if session is not None:
+            self._send_now(session, msg)
+            return
+        if type(dest) is bytes:  # a client-mode peer that has gone: nobody to dial
+            self.core.handle_unreachable(node_id, self.loop.time())
+            self.loop.call_soon(self._pump)
+            return
+        queued = self._dials.get(node_id)
+        if queued is None:
+            self._dials[node_id] = [msg]
+            self.loop.create_task(self._dial(dest))
+        elif len(queued) < QUEUED_PER_DIAL:
+            queued.append(msg)
+        else:
+            self.stats["dropped"] += 1
+
+    def _send_now(self, session: Session, msg: Any) -> None:
+        if not session.send(msg):
+            self.stats["dropped"] += 1  # a full buffer: the core's RPC timeout covers it
+
+    async def _dial(self, contact: Contact) -> None:
+        async with self._dial_slots:
+            self.stats["dials"] += 1
+            try:
+                session = await self.node.pool.connect(contact.host, contact.port)
+                if session.peer.node_id != contact.node_id:
+                    raise MaculaError(f"{contact.host}:{contact.port} is another node now",
+                                      code=ErrorCode.IDENTITY_INVALID)
+            except (MaculaError, OSError) as exc:
+                self.stats["dial_failures"] += 1
+                log.debug("DHT contact %s unreachable: %s", contact.node_id.hex()[:12], exc)
+                self._dials.pop(contact.node_id, None)
+                self.core.handle_unreachable(contact.node_id, self.loop.time())
+                self._pump()
+                return
+        queued = self._dials.pop(contact.node_id, None) or []
+        for msg in queued:  # usually already flushed by the peer-up event
+            self._send_now(session, msg)
+
+    # -- operations (awaitable) -------------------------------------------------------
+    async def _wait(self, op_id: int) -> Any:
+        fut = self.loop.create_future()
+        self._waiters[op_id] = fut
+        self._pump()
+        try:
+            return await asyncio.wait_for(fut, OP_GUARD)
+        finally:
+            self._waiters.pop(op_id, None)
+
+    async def lookup_node(self, target: bytes) -> LookupDone:
+        return await self._wait(self.core.lookup_node(target, self.loop.time()))
+
+    async def find_value(self, key: bytes) -> ValueFound:
+        return await self._wait(self.core.find_value(key, self.loop.time()))
+
+    async def store(self, key: bytes, value: bytes, ttl: int) -> StoreDone:
+        return await self._wait(self.core.store(key, value, ttl, self.loop.time()))
+
+    async def withdraw(self, key: bytes) -> StoreDone:
+        return await self._wait(self.core.withdraw(key, self.loop.time()))
+
+    async def advertise(self, service: str, metadata: dict, ttl: int) -> StoreDone:
+        return await self._wait(self.registry.advertise(service, metadata, ttl, self.loop.time()))
+
+    async def withdraw_service(self, service: str) -> StoreDone:
+        return await self._wait(self.registry.withdraw(service, self.loop.time()))
+
+    async def discover(self, service: str) -> tuple[Provider, ...]:
+        found: Discovered = await self._wait(self.registry.discover(service, self.loop.time()))
+        return found.providers
+
+    async def shutdown(self, timeout: float) -> None:
+        """Withdraw what this node advertised (clean stop), waiting at most ``timeout``."""
+        ops = self.registry.shutdown(self.loop.time())
+        if ops:
+            waits = [asyncio.ensure_future(self._wait(op)) for op in ops]
+            await asyncio.wait(waits, timeout=timeout)
+            for w in waits:
+                w.cancel()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def status(self) -> dict[str, Any]:
+        return {**self.core.stats(), **self.stats, "client_mode": self.client_mode}

@@ -1,0 +1,191 @@
+"""Remote pub/sub interest through the DHT.
+
+The original stored a subscription under the hash of its pattern, so a publisher that
+looked up its topic never found wildcard patterns: wildcards only matched publishes
+made at the subscriber's own gateway. Here a node stores its patterns under the key of
+their LITERAL PREFIX (the tokens before the first wildcard): "home.*.temp" and
+"home.>" under "home", ">" under "". A publisher of "home.kitchen.temp" looks up every
+prefix of its topic ("", "home", "home.kitchen", "home.kitchen.temp"), in parallel and
+cached, and matches the patterns it finds against the topic. Every pattern that can
+match the topic has a literal prefix that is a prefix of the topic, so nothing is
+missed; a topic of depth d costs d+1 lookups when its cache is cold, none when warm.
+
+Cache: a prefix's answer is kept ``cache_ttl`` seconds; a topic still in use is looked
+up again in the background before that, so steady publishing never waits. A new
+remote subscriber is seen within ``cache_ttl`` by nodes already publishing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any
+
+import msgpack
+
+from macula.dht.ids import make_key
+from macula.pubsub.router import RemotePattern
+from macula.pubsub.topics import literal_prefix, validate_pattern
+from macula.runtime.clock import MonotonicClock
+from macula.runtime.ttlcache import TTLCache
+from macula.wire.fields import ListOf, Opt, Str, Struct, U16, U32
+from macula.wire.messages import DHT_VALUE_MAX, NAME_PATTERN
+
+if TYPE_CHECKING:
+    from macula.dht.service import DhtService
+    from macula.pubsub.service import PubSubService
+    from macula.transport.session import Session
+
+log = logging.getLogger("macula.pubsub")
+
+_RECORD = Struct(Str(253, 1), U16, ListOf(Struct(Str(512, 1), Opt(Str(64, 1, pattern=NAME_PATTERN)),
+                                                 U32), 1024))
+DEBOUNCE = 0.05  # subscription bursts (a client subscribing to 50 patterns) -> one store
+
+
+class DhtInterest:
+    def __init__(self, pubsub: "PubSubService", dht: "DhtService", *, cache_ttl: float = 3.0,
+                 record_ttl: int = 120, cache_entries: int = 4096) -> None:
+        self.pubsub = pubsub
+        self.dht = dht
+        self.node = pubsub.node
+        self.loop = dht.loop
+        self.realm = self.node.cfg.node.realm
+        self.cache_ttl = cache_ttl
+        self.record_ttl = record_ttl
+        clock = MonotonicClock()  # the loop's clock: time.monotonic
+        # prefix -> {node ID: patterns}; the contact of each node seen, for dialling
+        self._prefixes: TTLCache[str, dict[bytes, tuple[RemotePattern, ...]]] = \
+            TTLCache(cache_entries, cache_ttl, clock)
+        self._contacts: TTLCache[bytes, tuple[str, int]] = TTLCache(cache_entries, record_ttl, clock)
+        self._ready: dict[str, float] = {}          # topic -> when its answer goes stale
+        self._refreshing: set[str] = set()
+        self._cache_entries = cache_entries
+        self._advertised: dict[str, bytes] = {}     # our prefix -> value stored
+        self._advertise_handle: asyncio.TimerHandle | None = None
+        self.stats = {"lookups": 0, "bad_records": 0, "stores": 0, "withdrawals": 0}
+
+    # -- InterestSource ---------------------------------------------------------------
+    def ready(self, topic: str) -> bool:
+        stale_at = self._ready.get(topic)
+        if stale_at is None:
+            return False
+        left = stale_at - self.loop.time()
+        if left <= 0:
+            return False
+        if left < self.cache_ttl / 2 and topic not in self._refreshing:
+            self._refreshing.add(topic)  # still in use: refresh before it goes stale
+            self.loop.create_task(self._refresh(topic))
+        return True
+
+    async def _refresh(self, topic: str) -> None:
+        try:
+            await self.resolve(topic, force=True)
+        except Exception as exc:
+            log.debug("background refresh of %r failed: %s", topic, exc)
+        finally:
+            self._refreshing.discard(topic)
+
+    async def resolve(self, topic: str, force: bool = False) -> None:
+        tokens = topic.split(".")
+        prefixes = [""] + [".".join(tokens[:i]) for i in range(1, len(tokens) + 1)]
+        missing = [p for p in prefixes if force or p not in self._prefixes]
+        if missing:
+            await asyncio.gather(*(self._fetch(p) for p in missing))
+        stale_at = min((self.loop.time() + (self._prefixes.ttl_left(p) or 0.0)
+                        for p in prefixes), default=0.0)
+        if len(self._ready) >= self._cache_entries:
+            self._ready.clear()
+        self._ready[topic] = stale_at
+        self._rebuild()
+
+    async def _fetch(self, prefix: str) -> None:
+        self.stats["lookups"] += 1
+        found = await self.dht.find_value(self._key(prefix))
+        own = self.node.node_id
+        nodes: dict[bytes, tuple[RemotePattern, ...]] = {}
+        for record in found.records:
+            if record.publisher == own:
+                continue
+            parsed = self._parse(record.value)
+            if parsed is None:
+                self.stats["bad_records"] += 1
+                continue
+            host, port, patterns = parsed
+            self._contacts.set(record.publisher, (host, port))
+            nodes[record.publisher] = patterns
+        self._prefixes.set(prefix, nodes)
+
+    @staticmethod
+    def _parse(value: bytes) -> tuple[str, int, tuple[RemotePattern, ...]] | None:
+        try:
+            obj = msgpack.unpackb(value, use_list=False, raw=False)
+            _RECORD(obj)
+            patterns = tuple(RemotePattern(p, g, n) for p, g, n in obj[2])
+            for rp in patterns:
+                validate_pattern(rp.pattern)
+        except Exception:  # FieldError, TopicError, msgpack errors: a bad record is skipped
+            return None
+        return obj[0], obj[1], patterns
+
+    def _rebuild(self) -> None:
+        """Each remote node's interest = its patterns under every prefix still cached."""
+        union: dict[bytes, dict[RemotePattern, None]] = {}
+        for prefix in self._prefixes:
+            for node_id, patterns in (self._prefixes.get(prefix) or {}).items():
+                union.setdefault(node_id, {}).update(dict.fromkeys(patterns))
+        router = self.pubsub.router
+        for node_id in router.remote_nodes():
+            if node_id not in union:
+                router.forget_remote(node_id)
+        for node_id, patterns in union.items():
+            router.set_remote(node_id, tuple(patterns))
+
+    async def connect(self, node_id: bytes) -> "Session | None":
+        contact = self._contacts.get(node_id)
+        if contact is None:
+            return None
+        return await self.node.pool.connect(*contact)
+
+    # -- our own subscriptions ----------------------------------------------------------
+    def local_changed(self) -> None:
+        if self._advertise_handle is None:
+            self._advertise_handle = self.loop.call_later(DEBOUNCE, self._advertise_soon)
+
+    def _advertise_soon(self) -> None:
+        self._advertise_handle = None
+        self.loop.create_task(self._advertise())
+
+    async def _advertise(self) -> None:
+        by_prefix: dict[str, list] = {}
+        for rp in self.pubsub.router.local_patterns():
+            prefix = literal_prefix(validate_pattern(rp.pattern))
+            by_prefix.setdefault(prefix, []).append([rp.pattern, rp.group, rp.members])
+        listen = self.node.pool.cfg.listen
+        ops = []
+        for prefix, patterns in by_prefix.items():
+            value = msgpack.packb([listen[0], listen[1], patterns], use_bin_type=True)
+            while len(value) > DHT_VALUE_MAX and patterns:
+                patterns.pop()  # keep the record storable; the rest stay node-local
+                log.warning("subscriptions under %r exceed one DHT record; some are "
+                            "only reachable from this node", prefix)
+                value = msgpack.packb([listen[0], listen[1], patterns], use_bin_type=True)
+            if self._advertised.get(prefix) != value:
+                self._advertised[prefix] = value
+                self.stats["stores"] += 1
+                ops.append(self.dht.store(self._key(prefix), value, self.record_ttl))
+        for prefix in [p for p in self._advertised if p not in by_prefix]:
+            del self._advertised[prefix]
+            self.stats["withdrawals"] += 1
+            ops.append(self.dht.withdraw(self._key(prefix)))
+        for result in await asyncio.gather(*ops, return_exceptions=True):
+            if isinstance(result, Exception):
+                log.info("advertising subscriptions failed: %s", result)
+
+    def _key(self, prefix: str) -> bytes:
+        return make_key(self.realm, "sub:" + prefix)
+
+    def status(self) -> dict[str, Any]:
+        return {**self.stats, "cached_prefixes": len(self._prefixes),
+                "advertised_prefixes": len(self._advertised)}
+

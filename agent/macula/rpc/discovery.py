@@ -1,0 +1,73 @@
+"""RPC providers found through the DHT's service registry (service "rpc.<procedure>").
+
+A node advertises each procedure its clients registered while at least one client
+serves it, and withdraws it when the last one leaves. Callers cache what discovery
+found for ``cache_ttl`` seconds; an empty answer is cached for less, so a provider
+that appears is found quickly while "no responders" stays cheap.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from macula.runtime.clock import MonotonicClock
+from macula.runtime.ttlcache import TTLCache
+
+if TYPE_CHECKING:
+    from macula.dht.service import DhtService
+    from macula.rpc.service import RpcService
+    from macula.transport.session import Session
+
+log = logging.getLogger("macula.rpc")
+
+SERVICE_PREFIX = "rpc."
+
+
+class DhtProviders:
+    def __init__(self, rpc: "RpcService", dht: "DhtService", *, cache_ttl: float = 5.0,
+                 empty_ttl: float = 0.5, advertise_ttl: int = 120, cache_entries: int = 4096) -> None:
+        self.rpc = rpc
+        self.dht = dht
+        self.node = rpc.node
+        self.empty_ttl = empty_ttl
+        self.advertise_ttl = advertise_ttl
+        clock = MonotonicClock()
+        self._cache: TTLCache[str, list[bytes]] = TTLCache(cache_entries, cache_ttl, clock)
+        self._contacts: TTLCache[bytes, tuple[str, int]] = TTLCache(cache_entries, advertise_ttl,
+                                                                    clock)
+        self.stats = {"discoveries": 0, "advertised": 0, "withdrawn": 0}
+
+    def cached(self, procedure: str) -> list[bytes] | None:
+        return self._cache.get(procedure)
+
+    async def discover(self, procedure: str) -> list[bytes]:
+        self.stats["discoveries"] += 1
+        providers = await self.dht.discover(SERVICE_PREFIX + procedure)
+        own = self.node.node_id
+        found = []
+        for p in providers:
+            if p.node_id != own:
+                self._contacts.set(p.node_id, (p.host, p.port))
+                found.append(p.node_id)
+        self._cache.set(procedure, found, None if found else self.empty_ttl)
+        return found
+
+    def local_changed(self, procedure: str, served: bool) -> None:
+        self.node.endpoint.loop.create_task(self._publish(procedure, served))
+
+    async def _publish(self, procedure: str, served: bool) -> None:
+        try:
+            if served:
+                self.stats["advertised"] += 1
+                await self.dht.advertise(SERVICE_PREFIX + procedure, {}, self.advertise_ttl)
+            else:
+                self.stats["withdrawn"] += 1
+                await self.dht.withdraw_service(SERVICE_PREFIX + procedure)
+        except Exception as exc:
+            log.info("%s %s in the DHT failed: %s", "advertising" if served else "withdrawing",
+                     procedure, exc)
+
+    async def connect(self, node_id: bytes) -> "Session | None":
+        contact = self._contacts.get(node_id)
+        return None if contact is None else await self.node.pool.connect(*contact)
