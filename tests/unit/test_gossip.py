@@ -126,25 +126,6 @@ def test_pull_on_reconnect_catches_up_without_waiting_for_anti_entropy() -> None
     assert converged(net, [a, b]) and len(net.cores[b].replica("services")) == 30
 
 
-def test_a_peer_added_without_pull_is_gossiped_with_but_not_pulled_from() -> None:
-    net, (a, b) = make_net(2, seed=7, connect=False, anti_entropy_interval=1000.0)
-    net.cores[b].update("services", lambda s: s.add(replica_id(b), "before"), net.now)
-    net.run_for(2.0)
-    assert net.cores[b].log_size() == (0, 0)    # no peers: nothing kept for anyone
-    net.cores[a].peer_connected(b, None, net.now, pull=False)
-    [(dest, hello)] = net.cores[a].messages_to_send()
-    assert dest == b and isinstance(hello, GossipPush) and hello.entries == ()
-    net.cores[b].handle_message(a, hello, net.now)     # announced: b acks with what it has
-    [(dest, ack)] = net.cores[b].messages_to_send()
-    assert dest == a and isinstance(ack, GossipAck) and ack.seq == hello.seq
-    net.deliver(b, a, ack)
-    net.cores[b].peer_connected(a, None, net.now, pull=False)
-    net.drain(b)
-    net.cores[b].update("services", lambda s: s.add(replica_id(b), "after"), net.now)
-    net.run_for(1.0)
-    assert net.cores[a].replica("services").value() == {"after"}   # deltas flow; no pull
-
-
 def test_anti_entropy_repairs_divergence_and_sends_only_what_differs() -> None:
     net, (a, b) = make_net(2, seed=7, anti_entropy_interval=30.0)
     net.cores[a].update("meta", lambda m: m.update(replica_id(a), "k",

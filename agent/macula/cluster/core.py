@@ -4,15 +4,21 @@ It has the core shape (docs/ARCHITECTURE.md), so the node's edge and the simulat
 drive the same code. Inside:
 
 - membership decides the gossip peers: each node gossips with a random partial view of
-  the live members, the ``gossip_peers`` it chose plus those that chose it (links are
-  used both ways: one a node cannot push back on would leave the chooser fed only by
-  anti-entropy). A cluster of up to ``gossip_peers`` + 1 nodes is a full mesh; in a
+  the live members, the ``gossip_peers`` it chose plus those that chose it, even
+  before membership news of them arrives (links are used both ways: one a node cannot
+  push back on would leave the chooser fed only by anti-entropy). A cluster of up to ``gossip_peers`` + 1 nodes is a full mesh; in a
   larger one a node has about twice ``gossip_peers`` peers whatever the size. Gossip
   pushes an entry until every peer has it, so a view of all N members would cost
   O(N) pushes per node per change. A neighbour that fails or leaves is replaced at
   once (and no longer holds the delta log back);
-- pulls (whole states that differ) go to a member we have a session with, including
-  the one a joiner joins through, and to one that comes back after it failed;
+- pushes carry the news, so a new link is only announced (an empty push; its ack
+  brings the peer's version vector), repeated every ack timeout until the peer
+  answers. A node pulls from the node whose session brought it in (that link exists
+  before anything it lacks is collected from that node's log), pulls again when a
+  session to a peer comes up, and exchanges digests both ways with a member coming
+  back after it failed (links to it were dropped and logs collected without it).
+  Gossip passes on what a pull's answer taught it (``news``), so a joiner whose
+  contact was itself still joining gets what the contact learns later;
 - gossip writes (PUSH, STATE) are refused from a node the membership table neither
   holds nor has room for, so a node refused at ``max_members`` cannot write into this
   node's state; reads (PULL, DIGEST) are answered for any node of the cluster;
@@ -91,9 +97,10 @@ class ClusterCore:
         self._live: set[bytes] = set()
         self._chosen: set[bytes] = set()          # gossip neighbours this node picked
         self._peers: set[bytes] = set()           # gossip peers: chosen, and those that chose us
-        self._departed: set[bytes] = set()        # failed or left, still in the table
-        self._pull_on_join: dict[bytes, None] = {}   # session peers not admitted yet
-        self._max_contacts = max_members
+        self._unconfirmed: dict[bytes, tuple[float, str]] = {}   # new peer -> (again at, exchange)
+        self._departed: set[bytes] = set()        # failed or left: coming back means a sync
+        self._pull_on_join: dict[bytes, None] = {}   # session peers not yet gossip peers
+        self._stranger_peers: dict[bytes, float] = {}   # peers membership does not know -> since
         self._absent: dict[bytes, float] = {}     # owner with entries, not live: since when
         self._subscriptions: SubscriptionView = {}
         self._providers: ProviderView = {}
@@ -160,8 +167,9 @@ class ClusterCore:
                 self.stats.unadmitted += 1
                 self._settle(now)
                 return
-            if sender in self._live and sender not in self._peers:
-                self._add_peer(sender, now, pull=False)   # it chose us: gossip both ways
+            if sender not in self._peers:
+                self._add_peer(sender, now)   # it chose us: gossip both ways
+            self._confirm(sender, kind)
             self.gossip.handle_message(sender, msg, now)
         else:
             return
@@ -177,11 +185,13 @@ class ClusterCore:
         if self._next_sweep is not None and now >= self._next_sweep:
             self._next_sweep = now + self.sweep_interval
             self._sweep(now)
+        self._confirm_links(now)
         self._settle(now)
 
     def get_timer(self) -> float | None:
         times = [t for t in (self.swim.get_timer(), self.gossip.get_timer(), self._next_sweep)
                  if t is not None]
+        times.extend(due for due, _ in self._unconfirmed.values())
         return min(times) if times else None
 
     def messages_to_send(self) -> list[tuple[bytes, Any]]:
@@ -193,15 +203,17 @@ class ClusterCore:
 
     def peer_connected(self, node_id: bytes, addr: Any, now: float) -> None:
         """A session came up: membership syncs unless it knows the node alive, and a
-        live member is pulled from (what a dropped session may have lost)."""
+        gossip peer is pulled from (what a dropped session may have lost)."""
         self.swim.peer_connected(node_id, addr, now)
         if node_id in self._peers:
             self.gossip.peer_connected(node_id, addr, now)   # what a dropped session lost
-        elif node_id not in self._live:   # pulled from once membership admits it
+        else:
             self._pull_on_join.pop(node_id, None)
             self._pull_on_join[node_id] = None
-            if len(self._pull_on_join) > self._max_contacts:
+            if len(self._pull_on_join) > self.gossip.max_peers:
                 del self._pull_on_join[next(iter(self._pull_on_join))]
+            if node_id in self._live:
+                self._add_peer(node_id, now)
         self._settle(now)
 
     def peer_disconnected(self, node_id: bytes, now: float) -> None:
@@ -260,7 +272,6 @@ class ClusterCore:
             if kind is MemberJoined:
                 membership = True
                 self._live.add(event.node_id)
-                self._on_joined(event.node_id, now)
             elif kind is MemberFailed or kind is MemberLeft:
                 membership = True
                 self._live.discard(event.node_id)
@@ -289,31 +300,41 @@ class ClusterCore:
         if membership or "procedures" in changed or "subscriptions" in changed:
             self._refresh_views()
 
-    def _on_joined(self, node_id: bytes, now: float) -> None:
-        """A member joined: a neighbour if the view has room; pulled from if it comes
-        back after failing (a healed partition) or we have a session with it."""
-        pull = node_id in self._departed or node_id in self._pull_on_join
-        self._departed.discard(node_id)
-        self._pull_on_join.pop(node_id, None)
-        if node_id in self._peers:
-            if pull:
-                self.gossip.peer_connected(node_id, None, now)
-        elif len(self._chosen) < self.gossip_peers:
-            if self._add_peer(node_id, now, pull):
-                self._chosen.add(node_id)
-        elif pull:
-            self._add_peer(node_id, now, pull)
-
-    def _add_peer(self, node_id: bytes, now: float, pull: bool) -> bool:
+    def _add_peer(self, node_id: bytes, now: float) -> bool:
         """Gossip with ``node_id`` (bounded by max_members, as the membership is)."""
         if len(self._peers) >= self.gossip.max_peers:
             return False
         self._peers.add(node_id)
-        self.gossip.peer_connected(node_id, None, now, pull=pull)
+        exchange = self._exchange_for(node_id)
+        self.gossip.peer_connected(node_id, None, now, exchange)
+        self._unconfirmed[node_id] = (now + self.gossip.ack_timeout, exchange)
         return True
+
+    def _exchange_for(self, node_id: bytes) -> str:
+        if node_id in self._departed:
+            self._departed.discard(node_id)
+            return "both"
+        if self._pull_on_join.pop(node_id, 0) is None:
+            return "pull"
+        return "none"
+
+    def _confirm(self, sender: bytes, kind: type) -> None:
+        """A new link is confirmed by any answer; one we pulled on, by the state sent."""
+        pending = self._unconfirmed.get(sender)
+        if pending is not None and (pending[1] == "none" or kind is GossipState):
+            del self._unconfirmed[sender]
+
+    def _confirm_links(self, now: float) -> None:
+        """Start again with new peers that have not answered (a lost message would
+        leave the link one-way, or the state it should have brought missing)."""
+        for node_id, (due, exchange) in list(self._unconfirmed.items()):
+            if due <= now:
+                self.gossip.peer_connected(node_id, None, now, exchange)
+                self._unconfirmed[node_id] = (now + self.gossip.ack_timeout, exchange)
 
     def _drop_peer(self, node_id: bytes, now: float) -> None:
         self._chosen.discard(node_id)
+        self._unconfirmed.pop(node_id, None)
         if node_id in self._peers:
             self._peers.discard(node_id)
             self.gossip.peer_disconnected(node_id, now)
@@ -325,7 +346,7 @@ class ClusterCore:
             return
         candidates = sorted(self._live - self._chosen)
         for node_id in self._rng.sample(candidates, min(missing, len(candidates))):
-            if node_id in self._peers or self._add_peer(node_id, now, pull=False):
+            if node_id in self._peers or self._add_peer(node_id, now):
                 self._chosen.add(node_id)
 
     def _emit(self, event: Event) -> None:
@@ -367,7 +388,7 @@ class ClusterCore:
     def _sweep(self, now: float) -> None:
         """Delete the entries of owners that have not been live members for gc_grace;
         check the live set against the membership table (events can be dropped at
-        their bound) and forget departures the table has forgotten."""
+        their bound); drop peers membership has not known for gc_grace."""
         live = set(self.swim.members())
         if live != self._live:
             for node_id in self._live - live:
@@ -375,7 +396,16 @@ class ClusterCore:
             self._live = live
             self._fill_view(now)
             self._refresh_views()
-        self._departed.intersection_update(self.swim.table())
+        self._departed.intersection_update(self.swim.table())   # forgotten: a stranger now
+        # a peer that gossiped to us before membership knew it, and still is unknown
+        strangers = {p for p in self._peers - live if self.swim.state_of(p) is None}
+        for node_id in list(self._stranger_peers):
+            if node_id not in strangers:
+                del self._stranger_peers[node_id]
+        for node_id in strangers:
+            if now - self._stranger_peers.setdefault(node_id, now) >= self.gc_grace:
+                self._drop_peer(node_id, now)
+                del self._stranger_peers[node_id]
         owners = self.state.owners()
         owners.discard(self.node_id)
         for owner in [o for o in self._absent if o not in owners]:

@@ -7,7 +7,8 @@
 - What the core sends goes on the destination's session. A member without one is
   dialled at the address membership gives for it, at most ``max_dials`` at once; its
   messages wait (bounded) for the dial. A failed dial is reported to the core and the
-  member is not dialled again before a backoff.
+  member is not dialled again before a backoff. Nor is one dialled while the pool is
+  full: that would evict another peer, which the cluster would dial back.
 - A member declared failed has its session closed, and so has a suspected member
   whose session has been silent for two probe periods: a QUIC connection that lived
   through a partition may be one the peer has already closed, or sit in loss-recovery
@@ -318,7 +319,11 @@ class ClusterService:
         now = self._loop.time()
         addr = self.core.address(dest)
         retry = self._backoff.get(dest)
-        if self._stopped or addr is None or addr[0] in _UNSPECIFIED or (retry and now < retry[0]):
+        pool = self.node.pool
+        # a full pool would evict another peer to make room, and the cluster would
+        # dial that one back: leave a member without a session to the others then
+        if self._stopped or addr is None or addr[0] in _UNSPECIFIED or (retry and now < retry[0]) \
+                or len(pool.peers()) >= pool.settings.max_peers:
             self.core.handle_unreachable(dest, now)
             return
         self._waiting[dest] = deque((frame,), maxlen=WAITING_PER_MEMBER)

@@ -14,7 +14,9 @@ Three mechanisms, from fast and cheap to slow and thorough:
    full state instead.
 3. Digests. On connect each side pulls what differs; every ``anti_entropy_interval``
    one random peer gets our per-name digests and both sides exchange whole states
-   for the names that differ (split into pieces, each piece a valid state).
+   for the names that differ (split into pieces, each piece a valid state). What a
+   whole state brings that was new here (for causal types exactly that part, see
+   ``news``) is logged and pushed on like any delta.
 """
 
 from __future__ import annotations
@@ -145,20 +147,35 @@ class GossipCore:
         return len(self._log), self._log.bytes
 
     # ---- the core shape ---------------------------------------------------------------
-    def peer_connected(self, node_id: bytes, addr: Any, now: float, pull: bool = True) -> None:
-        """Gossip with ``node_id`` from now on, pulling what differs. With ``pull`` False
-        (a peer that membership news introduced: pulling from every one while a large
-        cluster forms would move whole states N times over) it gets an empty PUSH
-        instead: that tells it we gossip with it, and its ACK says what it has."""
+    def peer_connected(self, node_id: bytes, addr: Any, now: float, exchange: str = "pull") -> None:
+        """Gossip with ``node_id`` from now on, and start with ``exchange``:
+
+        - "pull": ask for the states that differ (a session came up: both sides do it);
+        - "both": send our digests as anti-entropy does, so each side pulls what only
+          the other has (a link only this side knows of, to a peer that may be far
+          behind or ahead, e.g. back from a partition);
+        - "none": an empty PUSH that tells the peer we gossip with it; its ACK says
+          what it has. For peers that membership introduced: pulling from every one
+          while a large cluster forms would move whole states many times over.
+        """
         self._start(now)
         if node_id not in self._peers and len(self._peers) >= self.max_peers:
             self.stats.peers_refused += 1
             return
         self._peers[node_id] = _Peer()
-        if pull and self._replicas:
-            self._send(node_id, GossipPull(self._digest_list(self._replicas)))
-        elif not pull:
+        if exchange == "none":
             self._send(node_id, GossipPush(self._next_seq(), (), self._known_wire()))
+        elif exchange == "both":
+            self.sync(node_id, now)
+        elif self._replicas:
+            self._send(node_id, GossipPull(self._digest_list(self._replicas)))
+
+    def sync(self, node_id: bytes, now: float) -> None:
+        """Anti-entropy with this peer now: it gets our digests, sends the states that
+        differ and pulls back what only we have."""
+        self._start(now)
+        if self._replicas:
+            self._send(node_id, GossipDigest(self._digest_list(self._replicas)))
 
     def peer_disconnected(self, node_id: bytes, now: float) -> None:
         if self._peers.pop(node_id, None) is not None:
@@ -275,8 +292,23 @@ class GossipCore:
             if replica is not None:
                 pieces.append((name, type(replica).from_wire(wire)))
         claim = DotContext.from_wire(msg.known) if msg.last else None
+        forwarded = False
         for name, state in pieces:
-            self._merge(sender, name, state)
+            # what a whole state taught us is passed on as a delta, like pushed news;
+            # a peer that linked to us before we got it would otherwise never see it
+            try:
+                news = self._replicas[name].news(state) if hasattr(state, "news") else state
+            except ProtocolError as exc:
+                self._reject(sender, exc)
+                continue
+            if self._merge(sender, name, state) and not news.is_bottom():
+                for piece in news.split(self._piece_bytes):
+                    ids = DotContext()
+                    ids.add(self._seen.next_dot(self.replica_id))
+                    self._append(ids, name, piece.to_wire())
+                forwarded = True
+        if forwarded:
+            self._flush_soon(now)
         if claim is not None:
             # all pieces are in: we now hold everything the sender had merged
             self._seen.join(claim)
