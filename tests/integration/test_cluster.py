@@ -115,8 +115,9 @@ async def test_a_change_on_one_of_three_nodes_is_seen_on_all(tmp_path):
     a, b, c = nodes
     watch = Watch(nodes)
     try:
-        # every node's metadata is there from the start
-        assert all(x.cluster.metadata(y.node_id)["name"] == y.name for x in nodes for y in nodes)
+        # every node's metadata arrives with the join (membership news travels apart)
+        await until(lambda: all((x.cluster.metadata(y.node_id) or {}).get("name") == y.name
+                                for x in nodes for y in nodes), 5, "metadata everywhere")
         took = await watch.spread(nodes, lambda: a.cluster.update_metadata({"role": "gateway"}),
                                   lambda n: n.cluster.metadata(a.node_id).get("role") == "gateway")
         print(f"\n3 nodes: metadata seen on all in {took * 1000:.1f} ms")

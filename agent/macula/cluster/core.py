@@ -16,7 +16,8 @@ drive the same code. Inside:
   answers. A node pulls from the node whose session brought it in (that link exists
   before anything it lacks is collected from that node's log), pulls again when a
   session to a peer comes up, and exchanges digests both ways with a member coming
-  back after it failed (links to it were dropped and logs collected without it).
+  back after it failed (links to it were dropped and logs collected without it); a
+  link dropped that way is restored, since the other side may still count on it.
   Gossip passes on what a pull's answer taught it (``news``), so a joiner whose
   contact was itself still joining gets what the contact learns later;
 - gossip writes (PUSH, STATE) are refused from a node the membership table neither
@@ -98,7 +99,7 @@ class ClusterCore:
         self._chosen: set[bytes] = set()          # gossip neighbours this node picked
         self._peers: set[bytes] = set()           # gossip peers: chosen, and those that chose us
         self._unconfirmed: dict[bytes, tuple[float, str]] = {}   # new peer -> (again at, exchange)
-        self._departed: set[bytes] = set()        # failed or left: coming back means a sync
+        self._departed: dict[bytes, bool] = {}    # failed or left -> was a peer: back means a sync
         self._pull_on_join: dict[bytes, None] = {}   # session peers not yet gossip peers
         self._stranger_peers: dict[bytes, float] = {}   # peers membership does not know -> since
         self._absent: dict[bytes, float] = {}     # owner with entries, not live: since when
@@ -272,10 +273,12 @@ class ClusterCore:
             if kind is MemberJoined:
                 membership = True
                 self._live.add(event.node_id)
+                if self._departed.get(event.node_id) and event.node_id not in self._peers:
+                    self._add_peer(event.node_id, now)   # back (a false failure, a partition)
             elif kind is MemberFailed or kind is MemberLeft:
                 membership = True
                 self._live.discard(event.node_id)
-                self._departed.add(event.node_id)
+                self._departed[event.node_id] = event.node_id in self._peers
                 self._drop_peer(event.node_id, now)
                 if kind is MemberLeft:
                     left.append(event.node_id)
@@ -311,8 +314,7 @@ class ClusterCore:
         return True
 
     def _exchange_for(self, node_id: bytes) -> str:
-        if node_id in self._departed:
-            self._departed.discard(node_id)
+        if self._departed.pop(node_id, None) is not None:
             return "both"
         if self._pull_on_join.pop(node_id, 0) is None:
             return "pull"
@@ -396,7 +398,9 @@ class ClusterCore:
             self._live = live
             self._fill_view(now)
             self._refresh_views()
-        self._departed.intersection_update(self.swim.table())   # forgotten: a stranger now
+        table = self.swim.table()
+        for node_id in [n for n in self._departed if n not in table]:
+            del self._departed[node_id]   # forgotten: a stranger now
         # a peer that gossiped to us before membership knew it, and still is unknown
         strangers = {p for p in self._peers - live if self.swim.state_of(p) is None}
         for node_id in list(self._stranger_peers):

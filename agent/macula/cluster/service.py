@@ -9,10 +9,11 @@
   messages wait (bounded) for the dial. A failed dial is reported to the core and the
   member is not dialled again before a backoff. Nor is one dialled while the pool is
   full: that would evict another peer, which the cluster would dial back.
-- A member declared failed has its session closed, and so has a suspected member
-  whose session has been silent for two probe periods: a QUIC connection that lived
-  through a partition may be one the peer has already closed, or sit in loss-recovery
-  backoff, long after the network heals; a fresh dial does neither.
+- A member suspected or declared failed has its session closed if that session has
+  been silent for two probe periods: a QUIC connection that lived through a partition
+  may be one the peer has already closed, or sit in loss-recovery backoff, long after
+  the network heals; a fresh dial does neither. A member falsely failed that still
+  talks to us keeps its session.
 - ``stop()`` tells every member this node leaves (before the pool's GOAWAYs).
 """
 
@@ -406,27 +407,23 @@ class ClusterService:
                      "%s:%d" % tuple(event.addr) if event.addr else "no address")
         elif kind is MemberLeft:
             log.info("cluster %s: member %s left", self.settings.name, self._who(event.node_id))
-        elif kind is MemberFailed:
-            log.warning("cluster %s: member %s failed", self.settings.name, self._who(event.node_id))
-            self._close_session(event.node_id, "declared failed by the cluster")
-        elif kind is MemberSuspected:
-            log.debug("cluster %s: member %s suspected", self.settings.name, self._who(event.node_id))
+        elif kind is MemberFailed or kind is MemberSuspected:
+            if kind is MemberFailed:
+                log.warning("cluster %s: member %s failed", self.settings.name, self._who(event.node_id))
+            else:
+                log.debug("cluster %s: member %s suspected", self.settings.name, self._who(event.node_id))
             # A session that heard nothing for two probe periods, not even the pool's
             # keepalive answers, is most likely one the peer no longer has (it closed
             # it while we were cut off): what we send there is lost until QUIC's idle
-            # timeout, and the pool may refuse the peer's new dial as a duplicate.
+            # timeout, and the pool may refuse the peer's new dial as a duplicate. One
+            # that still hears from a member that others think failed stays open.
             session = self.node.pool.get(event.node_id)
             if session is not None and \
                     self._loop.time() - session.last_received > 2 * self.settings.probe_interval:
-                self._close_session(event.node_id, "silent while suspected by the cluster")
+                session.close(ErrorCode.GOING_AWAY, "silent, and suspected or failed in the cluster")
         elif kind is MemberRecovered:
             log.debug("cluster %s: member %s refuted the suspicion", self.settings.name,
                       self._who(event.node_id))
-
-    def _close_session(self, node_id: bytes, reason: str) -> None:
-        session = self.node.pool.get(node_id)
-        if session is not None:
-            session.close(ErrorCode.GOING_AWAY, reason)
 
     def _notify(self, listeners: list[Callable], arg: Any) -> None:
         for fn in listeners:

@@ -165,17 +165,9 @@ class GossipCore:
         self._peers[node_id] = _Peer()
         if exchange == "none":
             self._send(node_id, GossipPush(self._next_seq(), (), self._known_wire()))
-        elif exchange == "both":
-            self.sync(node_id, now)
         elif self._replicas:
-            self._send(node_id, GossipPull(self._digest_list(self._replicas)))
-
-    def sync(self, node_id: bytes, now: float) -> None:
-        """Anti-entropy with this peer now: it gets our digests, sends the states that
-        differ and pulls back what only we have."""
-        self._start(now)
-        if self._replicas:
-            self._send(node_id, GossipDigest(self._digest_list(self._replicas)))
+            digests = self._digest_list(self._replicas)
+            self._send(node_id, GossipDigest(digests) if exchange == "both" else GossipPull(digests))
 
     def peer_disconnected(self, node_id: bytes, now: float) -> None:
         if self._peers.pop(node_id, None) is not None:
