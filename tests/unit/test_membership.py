@@ -143,6 +143,26 @@ def test_a_member_held_dead_hears_so_from_whoever_it_talks_to_and_refutes_at_onc
     assert net.cores[other].state_of(ghost) == State.ALIVE
 
 
+def test_old_news_of_a_death_is_answered_with_the_newer_incarnation_once() -> None:
+    net, ids = make_cluster(3, seed=14)
+    run_until_true(net, lambda: full_views(net, ids, set(ids)), limit=20)
+    a, b = ids[0], ids[1]
+    net.cores[b].incarnation = 2             # b refuted twice while a was not listening
+    dead = (b, int(State.DEAD), 1, None, None)
+    net.cores[a].handle_message(ids[2], SwimAck(0, (dead,)), net.now)
+    net.cores[a].messages_to_send()
+    assert net.cores[a].state_of(b) == State.DEAD
+    net.cores[a].heard_from(b, net.now)
+    net.cores[a].heard_from(b, net.now)      # its ack would do this: told once per period
+    told = [m for d, m in net.cores[a].messages_to_send() if d == b]
+    assert len(told) == 1 and [u[:3] for u in told[0].updates] == [dead[:3]]
+    net.cores[b].handle_message(a, told[0], net.now)   # old news: b answers, does not refute
+    answer = [m for d, m in net.cores[b].messages_to_send() if d == a and isinstance(m, SwimPing)]
+    assert net.cores[b].incarnation == 2 and answer[0].updates[0][:3] == (b, int(State.ALIVE), 2)
+    net.deliver(b, a, answer[0])
+    assert net.cores[a].state_of(b) == State.ALIVE
+
+
 def test_a_stranger_that_keeps_talking_to_us_is_asked_for_its_table() -> None:
     a = SwimCore(node_id(0), ("10.0.0.0", 4433), random.Random(1))
     a.heard_from(node_id(7), 0.0)       # its membership news may be on its way: wait

@@ -123,6 +123,7 @@ class SwimCore:
         self._relays: dict[int, _Relay] = {}
         self._joining: dict[bytes, int] = {}    # contact -> sync pings left to send
         self._strangers: dict[bytes, float] = {}   # non-members that talked to us -> since
+        self._told_dead: set[bytes] = set()        # told of their death this probe period
         self._stranger_budget = True               # one table asked of them per probe period
         self._probe: _Probe | None = None
         self._order: list[bytes] = []
@@ -213,8 +214,9 @@ class SwimCore:
         """``node_id`` talked to us (any protocol): if it is not a live member here, it
         learns where it stands.
 
-        One we hold dead or departed gets that news at once, so it refutes now (after a
-        healed partition, say) instead of when a periodic sync happens to tell it. A
+        One we hold dead or departed gets that news at once (once per probe period), so
+        it refutes now (after a healed partition, say) instead of when a periodic sync
+        happens to tell it; if it already has, it answers with its newer incarnation. A
         stranger is asked for its table, which carries its own alive update, if it is
         still a stranger STRANGER_PERIODS probe periods after we first heard from it:
         one forgotten on both sides of a long partition has no other way back, while
@@ -236,7 +238,8 @@ class SwimCore:
                 self._stranger_budget = False
                 del self._strangers[node_id]   # asked; counted afresh if it stays one
                 self._send(node_id, SwimPing(self._next_seq(), self._updates(first_self=True), sync=True))
-        elif m.state not in ACTIVE:
+        elif m.state not in ACTIVE and node_id not in self._told_dead:
+            self._told_dead.add(node_id)   # once per probe period: its answer may be an ack
             self._send(node_id, SwimPing(self._next_seq(), (m.update(),)))
 
     def handle_timer(self, now: float) -> None:
@@ -253,6 +256,7 @@ class SwimCore:
             if not self._leaving:
                 self._start_probe(now)
                 self._retry_joins()
+                self._ping_the_dead()
             self._stranger_budget = True
             self._next_probe = now + self._scaled(self.probe_interval)
         for node in [n for n, s in self._suspicions.items() if s.deadline <= now]:
@@ -323,6 +327,18 @@ class SwimCore:
         self._probe = _Probe(target, seq, now + self._scaled(self.probe_timeout))
         self.stats.probes += 1
         self._send(target, SwimPing(seq, self._updates(first=target)))
+
+    def _ping_the_dead(self) -> None:
+        """Tell one member we hold dead so, each probe period while its tombstone lasts
+        (memberlist's gossip to the dead). If it is alive after all, it refutes at
+        once: after a healed partition two members can each hold the other dead, and
+        then neither probes the other."""
+        self._told_dead.clear()
+        dead = [n for n in self._tombstones if self._members[n].state == State.DEAD]
+        if dead:
+            m = self._members[self._rng.choice(dead)]
+            self._told_dead.add(m.node_id)
+            self._send(m.node_id, SwimPing(self._next_seq(), (m.update(),)))
 
     def _retry_joins(self) -> None:
         for node_id, left in list(self._joining.items()):
@@ -429,6 +445,9 @@ class SwimCore:
                 if self._refute(state, incarnation):
                     # tell the one who said so now: it may see us as dead and never ask
                     self._send(sender, SwimPing(self._next_seq(), self._updates(first=self.node_id)))
+                elif state != State.ALIVE and incarnation < self.incarnation and not self._leaving:
+                    # old news: we refuted it already, but the sender missed that
+                    self._send(sender, SwimPing(self._next_seq(), (self._self_update(),)))
             else:
                 self._apply(node, state, incarnation, addr, suspected_by, now)
 
