@@ -72,6 +72,7 @@ class Node:
         self._control = None
         self._handlers: dict[type, Handler] = {}
         self._stopped = asyncio.Event()
+        self.dht = None
         self.pubsub = None
         self.rpc = None
         self.listen_address: tuple[str, int] | None = None
@@ -105,7 +106,7 @@ class Node:
         advertise = (cfg.network.advertise_host or self.listen_address[0], self.listen_address[1])
         session_cfg = SessionConfig(
             identity=identity, tls=tls, realm=cfg.node.realm, name=self.name, role="node",
-            listen=advertise, caps=("node",), tofu=tofu,
+            listen=advertise, caps=self._caps(), tofu=tofu,
             max_frame=cfg.limits.max_frame_bytes, send_buffer_bytes=cfg.limits.send_buffer_bytes,
             bad_frames_per_minute=cfg.limits.bad_frames_per_minute,
             handshake_timeout=cfg.timeouts.connect)
@@ -132,22 +133,43 @@ class Node:
                  self.name, identity.node_id.hex()[:12], *self.listen_address, cfg.node.realm,
                  cfg.tls.mode, len(cfg.network.seeds))
 
+    def _caps(self) -> tuple[str, ...]:
+        from macula.dht.ids import CLIENT_CAP
+
+        return ("node", CLIENT_CAP) if self.cfg.dht.mode == "client" else ("node",)
+
     def _start_services(self) -> None:
+        from macula.dht.config import DhtConfig
+        from macula.dht.service import DhtService
+        from macula.pubsub.interest import DhtInterest
         from macula.pubsub.service import PubSubService
+        from macula.rpc.discovery import DhtProviders
         from macula.rpc.service import RpcService
 
         lim = self.cfg.limits
+        self.dht = DhtService(self, DhtConfig(
+            max_records=lim.dht_storage_entries,
+            max_bytes_per_publisher=max(64 << 10, lim.dht_storage_bytes // 64),
+            max_ttl=max(86400.0, self.cfg.dht.record_ttl), rpc_timeout=self.cfg.dht.rpc_timeout),
+            client_mode=self.cfg.dht.mode == "client")
+        self.dht.attach()
         self.pubsub = PubSubService(self, subscriber_queue=lim.subscriber_queue,
                                     max_subscriptions=lim.max_subscriptions,
                                     max_per_client=lim.max_subscriptions_per_client)
+        self.pubsub.interest = DhtInterest(self.pubsub, self.dht, cache_entries=lim.cache_entries,
+                                           record_ttl=self.cfg.dht.record_ttl)
         self.pubsub.attach()
         self.rpc = RpcService(self, max_pending=lim.max_pending_calls)
+        self.rpc.providers = DhtProviders(self.rpc, self.dht, cache_entries=lim.cache_entries,
+                                          advertise_ttl=self.cfg.dht.record_ttl)
         self.rpc.attach()
 
     async def stop(self) -> None:
         if self._control is not None:
             await self._control.stop()
             self._control = None
+        if self.dht is not None:
+            await self.dht.shutdown(self.cfg.timeouts.shutdown)  # withdraw our records
         if self.pool is not None:
             await self.pool.close()
         self._stopped.set()
@@ -201,6 +223,7 @@ class Node:
             "peers": peers,
             "seeds": {f"{h}:{p}": err for (h, p), err in self.pool.wanted().items()},
             "hw_profile": self.cfg.hw_profile,
+            "dht": self.dht.status() if self.dht else None,
             "pubsub": self.pubsub.status() if self.pubsub else None,
             "rpc": self.rpc.status() if self.rpc else None,
         }

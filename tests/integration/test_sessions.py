@@ -193,12 +193,13 @@ async def test_garbage_peer_is_disconnected_while_others_are_served(tmp_path):
         assert link.close_code is not None and link.close_code >= 0x1000
         # 2) a session that turns to garbage after it was established
         bad = await start_node(tmp_path, "bad", seeds=(addr(a),))
-        await until(lambda: "bad" in peer_names(a), what="bad joined")
+        await until(lambda: "bad" in peer_names(a) and bad.pool.get(a.node_id), what="bad joined")
         bad.pool.get(a.node_id).link.queue(b"\x01\x10\x00\x00\xff\xff\xff\xff" + os.urandom(64))
         await until(lambda: "bad" not in peer_names(a), what="bad disconnected")
         # 3) a peer that sends well-framed but invalid frames past the limit is cut off
         bad2 = await start_node(tmp_path, "bad2", seeds=(addr(a),))
-        await until(lambda: "bad2" in peer_names(a), what="bad2 joined")
+        await until(lambda: "bad2" in peer_names(a) and bad2.pool.get(a.node_id),
+                    what="bad2 joined")
         s = bad2.pool.get(a.node_id)
         for _ in range(20):
             s.link.queue(b"\x01\x10\x00\x00\x00\x00\x00\x01\xc0")  # PUBLISH with a nil body

@@ -9,6 +9,8 @@ import shutil
 import subprocess
 import sys
 import tomllib
+
+from macula.config.schema import SECTIONS
 from pathlib import Path
 
 import pytest
@@ -85,7 +87,7 @@ def test_control_fields_and_conffile(amd64) -> None:
                                check=True).stdout
     assert b"./conffiles" in conffiles
     text = (root / "etc/macula/agent.toml").read_text()
-    assert tomllib.loads(text) == {"node": {}, "network": {}, "tls": {}, "timeouts": {}, "limits": {}}
+    assert tomllib.loads(text) == {name: {} for name in SECTIONS}  # every key commented out
     assert "# max_peers = \"per hardware profile, see `macula hw`\"" in text
     cfg = load_config(root / "etc/macula/agent.toml", env={}, limits=detect_limits()[1])
     assert cfg.network.listen_port == 9443

@@ -83,6 +83,12 @@ class Subscription:
     def pending(self) -> int:
         return len(self._queue)
 
+    def drain(self) -> list[Message]:
+        """Everything queued now, without waiting."""
+        out = list(self._queue)
+        self._queue.clear()
+        return out
+
     async def unsubscribe(self) -> None:
         await self.client._unsubscribe(self)
 

@@ -171,12 +171,24 @@ class LimitsConfig:
                                  "and the apps)", int_range(16, 1 << 20))
 
 
+@dataclass(frozen=True)
+class DhtSection:
+    mode: str = _opt("server: hold records for others; client: look up and publish only "
+                     "(weak or unreachable nodes)", one_of("server", "client"), default="server")
+    record_ttl: int = _opt("seconds a published record lives without being refreshed",
+                           int_range(10, 86400), default=300)
+    rpc_timeout: float = _opt("seconds to wait for one DHT request (also bounds the dial); "
+                              "a lookup goes on with other nodes meanwhile",
+                              float_range(0.1, 60), default=3.0)
+
+
 SECTIONS: dict[str, type] = {
     "node": NodeConfig,
     "network": NetworkConfig,
     "tls": TlsConfig,
     "timeouts": TimeoutsConfig,
     "limits": LimitsConfig,
+    "dht": DhtSection,
 }
 
 
@@ -187,6 +199,7 @@ class Config:
     tls: TlsConfig
     timeouts: TimeoutsConfig
     limits: LimitsConfig
+    dht: DhtSection
     source: str = "embedded defaults"
     hw_profile: str = "generic"
 

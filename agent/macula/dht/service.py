@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 from macula.dht.events import LookupDone, StoreDone, ValueFound
 from macula.dht.ids import CLIENT_CAP, Contact
-from macula.dht.node import DhtConfig, DhtNode
+from macula.dht.config import DhtConfig
+from macula.dht.node import DhtNode
 from macula.dht.registry import Discovered, Provider, ServiceRegistry
 from macula.errors import ErrorCode, MaculaError
 from macula.transport.session import Session
@@ -87,6 +88,8 @@ class DhtService:
             if queued:
                 for msg in queued:
                     self._send_now(session, msg)
+        elif session.peer_leaving:  # it shut down: no point asking it anything any more
+            self.core.handle_unreachable(p.node_id, now)
         else:
             self.core.peer_disconnected(p.node_id, now)
         self._pump()
@@ -144,7 +147,8 @@ class DhtService:
         async with self._dial_slots:
             self.stats["dials"] += 1
             try:
-                session = await self.node.pool.connect(contact.host, contact.port)
+                session = await self.node.pool.connect(contact.host, contact.port,
+                                                       timeout=self.core.config.rpc_timeout)
                 if session.peer.node_id != contact.node_id:
                     raise MaculaError(f"{contact.host}:{contact.port} is another node now",
                                       code=ErrorCode.IDENTITY_INVALID)

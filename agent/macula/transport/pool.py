@@ -255,7 +255,7 @@ class PeerPool:
                                  code=ErrorCode.OVERLOADED) from None
         for _, old in evicted:
             self.stats.evicted += 1
-            old.goaway("peer pool full")
+            old.goaway("peer pool full", ErrorCode.OVERLOADED)
             old.close(ErrorCode.OVERLOADED, "evicted: peer pool full")
             self._forget_peer(old)
 
@@ -323,7 +323,7 @@ class PeerPool:
                 self._peers.touch(node_id)
         for node_id, session in self._peers.expire_idle():
             self.stats.idle_closed += 1
-            session.goaway("idle")
+            session.goaway("idle", ErrorCode.TIMEOUT)
             session.close(ErrorCode.GOING_AWAY, "idle")
             self._forget_peer(session)
 

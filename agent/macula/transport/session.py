@@ -129,6 +129,7 @@ class Session:
         self.last_received = self.loop.time()
         self.dial_address: tuple[str, int] | None = None  # set by the pool when it dials
         self.active = False  # application traffic since the pool last looked
+        self.peer_leaving = False  # the peer said it is leaving the mesh (shutdown)
         self.frames_in = 0
         self.frames_out = 0
         self.dropped_out = 0
@@ -283,6 +284,7 @@ class Session:
                     self.on_pong(msg.seq)
             elif t is GoAway:
                 log.debug("%s goes away: %s", self, msg.reason)
+                self.peer_leaving = msg.code == int(ErrorCode.GOING_AWAY)
                 self.close(ErrorCode.GOING_AWAY, msg.reason or "peer going away")
             elif t is Error:
                 log.info("peer %s reported error %s: %s", self.peer and self.peer.name,
@@ -376,9 +378,13 @@ class Session:
         self._send_control(Ping(self._ping_seq))
 
     # -- closing --------------------------------------------------------------------
-    def goaway(self, reason: str = "shutting down") -> None:
+    def goaway(self, reason: str = "shutting down",
+               code: ErrorCode = ErrorCode.GOING_AWAY) -> None:
+        """Tell the peer we close this session. GOING_AWAY means this node is leaving the
+        mesh (the peer forgets it); TIMEOUT (idle) or OVERLOADED (evicted) only end the
+        session."""
         if self.state is State.ESTABLISHED:
-            self._send_control(GoAway(int(ErrorCode.GOING_AWAY), reason))
+            self._send_control(GoAway(int(code), reason))
             self.state = State.CLOSING
 
     def close(self, code: ErrorCode = ErrorCode.GOING_AWAY, reason: str = "") -> None:
