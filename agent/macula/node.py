@@ -127,6 +127,7 @@ class Node:
             from macula.control.server import ControlServer
 
             self._control = ControlServer(self, self.runtime_dir)
+            self._control.commands.update(self.dht.control_commands())
             await self._control.start()
         self.started_at = time.monotonic()
         log.info("node %s (%s) listening on %s:%d, realm %r, TLS %s, %d seed(s)",

@@ -345,6 +345,8 @@ class PeerPool:
             await asyncio.wait([asyncio.ensure_future(x) for x in waits], timeout=timeout)
 
     async def _dial_wanted(self, addr: Address, w: _Wanted) -> None:
+        if self._closing:
+            return
         try:
             await self.connect(*addr)
             w.tried.set()
