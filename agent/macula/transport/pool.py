@@ -29,6 +29,8 @@ from macula.transport.session import Session, SessionConfig, State
 
 log = logging.getLogger("macula.pool")
 
+DUPLICATE_GRACE = 2.0  # seconds a retired duplicate session stays open to drain
+
 Address = tuple[str, int]
 
 
@@ -199,6 +201,8 @@ class PeerPool:
                         raise
                 else:
                     raise
+            if result.retired:  # lost a simultaneous dial: use the session that won
+                result = self.get(result.peer.node_id) or result
             fut.set_result(result)
             return result
         except BaseException as exc:
@@ -241,12 +245,18 @@ class PeerPool:
             return
         existing = self._peers.peek(peer.node_id)
         if existing is not None and existing.state is State.ESTABLISHED:
+            # Two nodes dialled each other at once. Both keep the session dialled by the
+            # smaller node ID; the other is retired: out of the table at once, closed after
+            # a grace period, so frames already sent on it are not lost.
             self.stats.duplicates += 1
             if self._dialer_of(session) > self._dialer_of(existing):
-                raise SessionRefused("a session to this node exists",
-                                     code=ErrorCode.DUPLICATE_SESSION)
-            self._peers.pop(peer.node_id)  # keep the new one, retire the old quietly
-            existing.close(ErrorCode.DUPLICATE_SESSION, "a session to this node exists")
+                if not session.dialer:  # nothing was sent on it yet: just refuse it
+                    raise SessionRefused("a session to this node exists",
+                                         code=ErrorCode.DUPLICATE_SESSION)
+                session.retired = True  # the peer already uses it: let it drain
+                return
+            self._peers.pop(peer.node_id)
+            self._retire(existing)
         try:
             evicted = self._peers.put(peer.node_id, session, evictable=self._evictable)
         except PoolFull:
@@ -259,9 +269,17 @@ class PeerPool:
             old.close(ErrorCode.OVERLOADED, "evicted: peer pool full")
             self._forget_peer(old)
 
+    def _retire(self, session: Session) -> None:
+        session.retired = True
+        self.endpoint.loop.call_later(DUPLICATE_GRACE, session.close,
+                                      ErrorCode.DUPLICATE_SESSION, "duplicate session retired")
+
     def _established(self, session: Session) -> None:
         peer = session.peer
         assert peer is not None
+        if session.retired:
+            self._retire(session)
+            return
         if peer.role != "client":
             dial_addr = session.dial_address
             if dial_addr is not None:

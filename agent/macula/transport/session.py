@@ -130,6 +130,7 @@ class Session:
         self.dial_address: tuple[str, int] | None = None  # set by the pool when it dials
         self.active = False  # application traffic since the pool last looked
         self.peer_leaving = False  # the peer said it is leaving the mesh (shutdown)
+        self.retired = False  # lost a simultaneous-dial contest: draining, then closed
         self.frames_in = 0
         self.frames_out = 0
         self.dropped_out = 0
