@@ -43,8 +43,8 @@ class DhtProviders:
 
     def cached(self, procedure: str) -> list[bytes] | None:
         found = self._cache.get(procedure)
-        if found is None:
-            return None
+        if not found:  # unknown (None) or nobody: nothing to filter
+            return found
         return [n for n in found if n not in self._unreachable]
 
     def forget(self, node_id: bytes) -> None:
