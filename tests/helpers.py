@@ -13,7 +13,7 @@ from macula.config import load_config, replace
 from macula.node import Node
 
 TEST_LIMITS = {"max_peers": 64, "max_clients": 64, "max_frame_bytes": 1 << 20,
-               "subscriber_queue": 256, "max_subscriptions": 10000,
+               "subscriber_queue_bytes": 1 << 20, "send_buffer_total_bytes": 16 << 20, "max_subscriptions": 10000,
                "max_subscriptions_per_client": 1000, "max_pending_calls": 1000,
                "send_buffer_bytes": 1 << 20, "pinned_peers": 256, "bad_frames_per_minute": 5,
                "udp_receive_buffer_bytes": 1 << 20, "handshakes_per_second": 1000,

@@ -154,7 +154,8 @@ class Node:
             max_ttl=max(86400.0, self.cfg.dht.record_ttl), rpc_timeout=self.cfg.dht.rpc_timeout),
             client_mode=self.cfg.dht.mode == "client")
         self.dht.attach()
-        self.pubsub = PubSubService(self, subscriber_queue=lim.subscriber_queue,
+        self.pubsub = PubSubService(self, subscriber_queue_bytes=lim.subscriber_queue_bytes,
+                                    total_queue_bytes=lim.send_buffer_total_bytes,
                                     max_subscriptions=lim.max_subscriptions,
                                     max_per_client=lim.max_subscriptions_per_client)
         self.pubsub.interest = DhtInterest(self.pubsub, self.dht, cache_entries=lim.cache_entries,

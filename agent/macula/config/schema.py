@@ -150,8 +150,12 @@ class LimitsConfig:
     pinned_peers: int = _opt("entries in the TOFU store of pinned peers", int_range(16, 1 << 20))
     bad_frames_per_minute: int = _opt("protocol errors tolerated from a peer before it is "
                                       "disconnected", int_range(1, 100000))
-    subscriber_queue: int = _opt("frames queued per subscriber beyond its connection's send "
-                                 "buffer; the oldest is dropped past this", int_range(1, 1 << 20))
+    subscriber_queue_bytes: int = _opt("bytes queued per subscriber beyond its connection's "
+                                       "send buffer; the oldest is dropped past this",
+                                       int_range(4 << 10, 1 << 30))
+    send_buffer_total_bytes: int = _opt("bytes queued for every subscriber together; the "
+                                        "oldest of a growing queue is dropped past this",
+                                        int_range(64 << 10, 1 << 34))
     max_subscriptions: int = _opt("subscriptions held by this node for its clients",
                                   int_range(1, 1 << 22))
     max_subscriptions_per_client: int = _opt("subscriptions one client may hold",
