@@ -79,13 +79,14 @@ def test_control_fields_and_conffile(amd64) -> None:
     assert field(deb, "Package") == "macula-agent"
     depends = field(deb, "Depends")
     for package in ("python3 (>= 3.11)", "python3-msgpack", "python3-psutil",
-                    "python3-cryptography", "python3-systemd"):
+                    "python3-cryptography", "python3-systemd", "python3-prometheus-client"):
         assert package in depends
     conffiles = subprocess.run(["dpkg-deb", "--ctrl-tarfile", str(deb)], capture_output=True,
                                check=True).stdout
     assert b"./conffiles" in conffiles
     text = (root / "etc/macula/agent.toml").read_text()
-    assert tomllib.loads(text) == {"node": {}, "network": {}, "tls": {}, "timeouts": {}, "limits": {}}
+    assert tomllib.loads(text) == {"node": {}, "network": {}, "tls": {}, "timeouts": {}, "limits": {},
+                                   "metrics": {}}
     assert "# max_peers = \"per hardware profile, see `macula hw`\"" in text
     cfg = load_config(root / "etc/macula/agent.toml", env={}, limits=detect_limits()[1])
     assert cfg.network.listen_port == 9443

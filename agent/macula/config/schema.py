@@ -171,12 +171,25 @@ class LimitsConfig:
                                  "and the apps)", int_range(16, 1 << 20))
 
 
+def listen_address_or_empty(v: Any) -> None:
+    if v:
+        parse_address(v, 9464)
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    listen: str = _opt("Prometheus text metrics over HTTP at host:port (GET /metrics); keep it "
+                       "on loopback unless a firewall guards it; empty = off",
+                       listen_address_or_empty, default="127.0.0.1:9464")
+
+
 SECTIONS: dict[str, type] = {
     "node": NodeConfig,
     "network": NetworkConfig,
     "tls": TlsConfig,
     "timeouts": TimeoutsConfig,
     "limits": LimitsConfig,
+    "metrics": MetricsConfig,
 }
 
 
@@ -187,6 +200,7 @@ class Config:
     tls: TlsConfig
     timeouts: TimeoutsConfig
     limits: LimitsConfig
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     source: str = "embedded defaults"
     hw_profile: str = "generic"
 
