@@ -88,6 +88,14 @@ def installed_root(roots, deb, tmp_path_factory):
         shutil.rmtree(root, ignore_errors=True)
 
 
+@pytest.fixture
+def scratch(tmp_path):
+    """A directory for a root of a few hundred MB, removed after the test (pytest keeps
+    tmp_path of the last runs)."""
+    yield tmp_path
+    shutil.rmtree(tmp_path, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def qemu(roots) -> dict[str, Future]:
     """Roots of other architectures, with qemu-user registered to run them."""

@@ -18,10 +18,10 @@ MACHINE = {"arm64": "aarch64", "armhf": "armv7l"}
 
 
 @pytest.mark.parametrize("arch", ["arm64", "armhf"])
-def test_installs_and_runs_under_qemu(arch, qemu, deb, tmp_path):
+def test_installs_and_runs_under_qemu(arch, qemu, deb, scratch):
     with timed(f"pristine {arch} root (cached after the first build)"):
         tarball = qemu[arch].result()
-    root = sysenv.unpack(tarball, tmp_path / "root")
+    root = sysenv.unpack(tarball, scratch / "root")
     assert sysenv.chroot(root, "uname", "-m").stdout.strip() == MACHINE[arch]
     assert sysenv.chroot(root, "dpkg", "--print-architecture").stdout.strip() == arch
     result = sysenv.install_deb(root, deb(arch))

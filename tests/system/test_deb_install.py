@@ -38,8 +38,8 @@ def test_apt_install_into_fresh_root(installed_root):
     assert "[metrics]" in (root / "etc/macula/agent.toml").read_text()
 
 
-def test_purge_in_chroot_leaves_nothing(installed_root, tmp_path):
-    root = sysenv.copy_root(installed_root[0], tmp_path / "root")
+def test_purge_in_chroot_leaves_nothing(installed_root, scratch):
+    root = sysenv.copy_root(installed_root[0], scratch / "root")
     files = sysenv.chroot(root, "dpkg", "-L", "macula-agent").stdout.split()
     sysenv.chroot(root, "apt-get", "purge", "-y", "macula-agent")
     sysenv.assert_purged(root, files, lambda *cmd: sysenv.chroot(root, *cmd, check=False))

@@ -3,8 +3,8 @@ systemd-nspawn, each in its own network namespace, joined by a veth pair, each w
 other's address as its seed in /etc/macula/agent.toml.
 
 The tests run in file order on the same two containers (booting costs seconds): ready,
-status and metrics, the mesh, journald fields, then the destructive ones (watchdog
-restart, stop, purge).
+status and metrics, the mesh, journald fields, the board check script, then the
+destructive ones (watchdog restart, stop, purge).
 """
 
 from __future__ import annotations
@@ -147,6 +147,17 @@ def test_journal_has_structured_fields(mesh):
     # Lines logged once the identity is loaded carry the node's id and realm as fields.
     lines = journal(c, f"NODE_ID={node_id}", "REALM=systest", "-o", "cat")
     assert "peer joined:" in lines
+
+
+def test_board_check_script(mesh):
+    """tests/system/check-on-board.sh, for real boards, passes on this install too."""
+    c = mesh[0]
+    script = c.root / "root/check-on-board.sh"
+    shutil.copy(sysenv.REPO / "tests/system/check-on-board.sh", script)
+    result = c.run("sh", "/root/check-on-board.sh", "--watchdog", check=False, timeout=300)
+    assert result.returncode == 0 and "FAIL" not in result.stdout, result.stdout + result.stderr
+    assert result.stdout.count("PASS") >= 8, result.stdout
+    wait_active(c)
 
 
 def test_watchdog_restarts_a_frozen_agent(mesh):
