@@ -375,12 +375,11 @@ class Container:
     def halt(self, timeout: float = 30) -> None:
         """SIGTERM asks nspawn to halt the container cleanly; past ``timeout`` the inner init
         (which SIGKILL on nspawn would orphan) and nspawn are killed."""
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
+        if self.proc is not None and self.proc.poll() is None:
             nspawn = _children(self.proc.pid)
             for pid in nspawn:
-                os.kill(pid, signal.SIGTERM)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGTERM)
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
