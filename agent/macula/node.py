@@ -8,6 +8,7 @@ and logs peers joining and leaving. Subsystems register handlers with ``on()``.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import time
@@ -21,6 +22,7 @@ from macula.identity import (
     TofuStore, load_or_create_dev_material, load_or_create_identity, load_production_material,
 )
 from macula.identity.tofu import TOFU_FILE
+from macula.metrics import rss_bytes, start_metrics
 from macula.transport import Endpoint, PeerPool, PoolSettings, Session, SessionConfig
 from macula.wire.messages import Error
 
@@ -59,7 +61,9 @@ def node_name(cfg: Config) -> str:
 
 
 class Node:
-    def __init__(self, cfg: Config, *, control: bool = True) -> None:
+    def __init__(self, cfg: Config, *, control: bool = True, log_fields: Any = None) -> None:
+        """``log_fields`` (service.journal.NodeFields) gets this node's id and realm as soon
+        as the identity is loaded, so every log line of the node carries them."""
         self.cfg = cfg
         self.name = node_name(cfg)
         self.state_dir = Path(cfg.node.state_dir) if cfg.node.state_dir else default_state_dir()
@@ -69,7 +73,9 @@ class Node:
         self.endpoint: Endpoint | None = None
         self.pool: PeerPool | None = None
         self.control_enabled = control
+        self.log_fields = log_fields
         self._control = None
+        self._metrics = None
         self._handlers: dict[type, Handler] = {}
         self._stopped = asyncio.Event()
         self.dht = None
@@ -93,6 +99,8 @@ class Node:
     async def start(self) -> None:
         cfg = self.cfg
         identity = load_or_create_identity(self.state_dir)
+        if self.log_fields is not None:
+            self.log_fields.node_id, self.log_fields.realm = identity.node_id.hex(), cfg.node.realm
         if cfg.tls.mode == "production":
             tls = load_production_material(cfg.tls.cert_file, cfg.tls.key_file, cfg.tls.ca_file)
             tofu = None
@@ -129,6 +137,7 @@ class Node:
             self._control = ControlServer(self, self.runtime_dir)
             self._control.commands.update(self.dht.control_commands())
             await self._control.start()
+            self._metrics = await start_metrics(self)
         self.started_at = time.monotonic()
         log.info("node %s (%s) listening on %s:%d, realm %r, TLS %s, %d seed(s)",
                  self.name, identity.node_id.hex()[:12], *self.listen_address, cfg.node.realm,
@@ -170,6 +179,9 @@ class Node:
         if self._control is not None:
             await self._control.stop()
             self._control = None
+        if self._metrics is not None:
+            await self._metrics.stop()
+            self._metrics = None
         if self.dht is not None:
             await self.dht.shutdown(self.cfg.timeouts.shutdown)  # withdraw our records
         if self.pool is not None:
@@ -208,23 +220,40 @@ class Node:
 
     # -- views ----------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
+        """What `macula status` shows: identity, peers with RTT, memory against the
+        budget, the limits in force, and the subsystems' counters."""
         assert self.pool is not None
         peers = []
+        roles: dict[str, int] = {}
         for s in self.pool.peers() + self.pool.clients():
             p = s.peer
             assert p is not None
+            roles[p.role] = roles.get(p.role, 0) + 1
             peers.append({"name": p.name, "node_id": p.node_id.hex(), "role": p.role,
                           "address": f"{p.address[0]}:{p.address[1]}",
                           "direction": "out" if s.dialer else "in",
                           "rtt_ms": None if s.rtt is None else round(s.rtt * 1000, 3)})
+        addresses = {p["address"] for p in peers if p["role"] == "node"}
+        limits = dataclasses.asdict(self.cfg.limits)
+        rss = rss_bytes()
         return {
             "name": self.name, "node_id": self.node_id.hex(), "realm": self.cfg.node.realm,
             "version": __version__, "tls_mode": self.cfg.tls.mode,
             "listen": f"{self.listen_address[0]}:{self.listen_address[1]}" if self.listen_address else None,
             "uptime_s": round(time.monotonic() - self.started_at, 1),
             "peers": peers,
-            "seeds": {f"{h}:{p}": err for (h, p), err in self.pool.wanted().items()},
+            "sessions": roles,
+            # A seed that dialled us first is connected, though our own dial to it was
+            # refused as a duplicate (the pool keeps that refusal as the seed's last error).
+            "seeds": {f"{h}:{p}": "" if f"{h}:{p}" in addresses else err
+                      for (h, p), err in self.pool.wanted().items()},
+            "memory": {"rss_mib": round(rss / (1 << 20), 1),
+                       "budget_mib": limits["agent_memory_mib"],
+                       "budget_used": round(rss / (limits["agent_memory_mib"] << 20), 3)},
             "hw_profile": self.cfg.hw_profile,
+            "limits": limits,
+            "metrics": (f"http://{self._metrics.url_host}/metrics" if self._metrics is not None
+                        else None),
             "dht": self.dht.status() if self.dht else None,
             "pubsub": self.pubsub.status() if self.pubsub else None,
             "rpc": self.rpc.status() if self.rpc else None,

@@ -81,7 +81,7 @@ def test_control_fields_and_conffile(amd64) -> None:
     assert field(deb, "Package") == "macula-agent"
     depends = field(deb, "Depends")
     for package in ("python3 (>= 3.11)", "python3-msgpack", "python3-psutil",
-                    "python3-cryptography", "python3-systemd"):
+                    "python3-cryptography", "python3-systemd", "python3-prometheus-client"):
         assert package in depends
     conffiles = subprocess.run(["dpkg-deb", "--ctrl-tarfile", str(deb)], capture_output=True,
                                check=True).stdout

@@ -186,6 +186,18 @@ class DhtSection:
                               float_range(0.1, 60), default=3.0)
 
 
+def listen_address_or_empty(v: Any) -> None:
+    if v:
+        parse_address(v, 9464)
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    listen: str = _opt("Prometheus text metrics over HTTP at host:port (GET /metrics); keep it "
+                       "on loopback unless a firewall guards it; empty = off",
+                       listen_address_or_empty, default="127.0.0.1:9464")
+
+
 SECTIONS: dict[str, type] = {
     "node": NodeConfig,
     "network": NetworkConfig,
@@ -193,6 +205,7 @@ SECTIONS: dict[str, type] = {
     "timeouts": TimeoutsConfig,
     "limits": LimitsConfig,
     "dht": DhtSection,
+    "metrics": MetricsConfig,
 }
 
 
@@ -204,6 +217,7 @@ class Config:
     timeouts: TimeoutsConfig
     limits: LimitsConfig
     dht: DhtSection
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     source: str = "embedded defaults"
     hw_profile: str = "generic"
 
