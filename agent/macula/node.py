@@ -78,6 +78,7 @@ class Node:
         self._metrics = None
         self._handlers: dict[type, Handler] = {}
         self._stopped = asyncio.Event()
+        self._housekeeping: asyncio.Task | None = None
         self.dht = None
         self.pubsub = None
         self.rpc = None
@@ -138,6 +139,7 @@ class Node:
             self._control.commands.update(self.dht.control_commands())
             await self._control.start()
             self._metrics = await start_metrics(self)
+        self._housekeeping = asyncio.get_running_loop().create_task(self._housekeep())
         self.started_at = time.monotonic()
         log.info("node %s (%s) listening on %s:%d, realm %r, TLS %s, %d seed(s)",
                  self.name, identity.node_id.hex()[:12], *self.listen_address, cfg.node.realm,
@@ -175,7 +177,16 @@ class Node:
                                           advertise_ttl=self.cfg.dht.record_ttl)
         self.rpc.attach()
 
+    async def _housekeep(self) -> None:
+        from macula.runtime.memory import TRIM_INTERVAL, trim_heap
+
+        while trim_heap():  # nothing to do where the C library cannot trim
+            await asyncio.sleep(TRIM_INTERVAL)
+
     async def stop(self) -> None:
+        if self._housekeeping is not None:
+            self._housekeeping.cancel()
+            self._housekeeping = None
         if self._control is not None:
             await self._control.stop()
             self._control = None

@@ -244,6 +244,14 @@ class PeerPool:
                 old.close(ErrorCode.DUPLICATE_SESSION, "replaced by a newer session")
             return
         existing = self._peers.peek(peer.node_id)
+        if existing is not None and existing.state is State.ESTABLISHED \
+                and existing.peer.boot != peer.boot:
+            # the node restarted (crash, watchdog): its old session is dead, replace it now
+            # rather than refuse the new one until the old one idles out
+            self._peers.pop(peer.node_id)
+            existing.close(ErrorCode.GOING_AWAY, "the peer restarted")
+            self._forget_peer(existing)
+            existing = None
         if existing is not None and existing.state is State.ESTABLISHED:
             # Two nodes dialled each other at once. Both keep the session dialled by the
             # smaller node ID; the other is retired: out of the table at once, closed after
@@ -370,6 +378,11 @@ class PeerPool:
             w.tried.set()
         except (SessionRefused, OSError) as exc:
             w.tried.set()
+            node_id = self._by_addr.get(addr)
+            if node_id is not None and self.get(node_id) is not None:
+                w.last_error = ""  # refused as a duplicate of a session it opened to us
+                w.backoff.reset()
+                return
             delay = w.backoff.next_delay()
             w.next_attempt = self.clock.now() + delay
             message = getattr(exc, "message", None) or str(exc)

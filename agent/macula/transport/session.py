@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Callable, NamedTuple
@@ -66,6 +67,7 @@ class SessionConfig:
     send_buffer_bytes: int = 1 << 20
     bad_frames_per_minute: int = 60
     handshake_timeout: float = 10.0
+    boot: bytes = field(default_factory=lambda: os.urandom(8))  # tells restarts from races
     _identity_sig: bytes = field(default=b"", repr=False)
     _cert_key: bytes = field(default=b"", repr=False)
 
@@ -86,7 +88,7 @@ class PeerInfo(NamedTuple):
     identity_key: bytes
     caps: tuple[str, ...]
     address: tuple[str, int]        # the address this link talks to
-
+    boot: bytes = b""               # the peer's process-start id
     @property
     def short_id(self) -> str:
         return self.node_id.hex()[:12]
@@ -161,7 +163,7 @@ class Session:
         self._send_control(Connect(
             PROTOCOL_VERSION, cfg.identity.node_id, cfg.realm, cfg.role, cfg.name, cfg.listen,
             cfg.identity.public_key, cfg._identity_sig, cfg.tls.cert_der, cert_sig,
-            cfg.tls.chain_der, cfg.caps))
+            cfg.tls.chain_der, cfg.caps, cfg.boot))
 
     def _handle_connect(self, msg: Connect) -> None:
         cfg = self.cfg
@@ -180,11 +182,12 @@ class Session:
         addr = self.link.remote_addr
         self.peer = PeerInfo(msg.node_id, msg.name, msg.realm, msg.role,
                              _reachable(msg.listen, addr), msg.identity_key,
-                             tuple(msg.caps), (_plain_host(addr[0]), addr[1]))
+                             tuple(msg.caps), (_plain_host(addr[0]), addr[1]), msg.boot)
         self._on_admit(self)  # before CONNECTED: a refused dialer never sees success
         self._send_control(Connected(
             PROTOCOL_VERSION, cfg.identity.node_id, cfg.realm, cfg.name, cfg.listen,
-            cfg.identity.public_key, cfg._identity_sig, (_plain_host(addr[0]), addr[1]), cfg.caps))
+            cfg.identity.public_key, cfg._identity_sig, (_plain_host(addr[0]), addr[1]), cfg.caps,
+            cfg.boot))
         self._establish()
 
     def _handle_connected(self, msg: Connected) -> None:
@@ -203,7 +206,7 @@ class Session:
         addr = self.link.remote_addr
         self.peer = PeerInfo(msg.node_id, msg.name, msg.realm, "node",
                              _reachable(msg.listen, addr), msg.identity_key,
-                             tuple(msg.caps), (_plain_host(addr[0]), addr[1]))
+                             tuple(msg.caps), (_plain_host(addr[0]), addr[1]), msg.boot)
         self.observed_address = tuple(msg.observed)
         self._on_admit(self)
         self._establish()

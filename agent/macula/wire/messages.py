@@ -151,6 +151,7 @@ class Connect(NamedTuple):
     cert_sig: Annotated[bytes, Bytes(512, 1)]        # cert key over this connection
     chain: Annotated[tuple, ListOf(Bytes(16384, 1), 4)] = ()
     caps: Caps = ()
+    boot: Annotated[bytes, Bytes(16)] = b""       # random per process start (see PROTOCOL.md)
 
 
 @message(MsgType.CONNECTED)
@@ -165,6 +166,7 @@ class Connected(NamedTuple):
     identity_sig: Annotated[bytes, Bytes(64, 64)]
     observed: Addr                                  # the dialer's address as seen here
     caps: Caps = ()
+    boot: Annotated[bytes, Bytes(16)] = b""
 
 
 @message(MsgType.PING)
