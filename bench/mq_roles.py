@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -83,11 +84,23 @@ async def macula_node(name: str, seed: str | None) -> None:
     await node.start()
     import signal
 
-    asyncio.get_running_loop().add_signal_handler(  # counters on demand, for profiling
-        signal.SIGUSR1, lambda: print(json.dumps({"endpoint": node.endpoint.stats,
-                                                  "pubsub": node.pubsub.status()}),
-                                      file=sys.stderr, flush=True))
+    def dump() -> None:  # counters on demand, for profiling
+        links = []
+        for link in node.endpoint.links:
+            core = link.conn._core  # qh3 internals: diagnostics only
+            links.append({k: getattr(core, k, None) for k in (
+                "congestion_window", "bytes_in_flight", "smoothed_rtt", "loss_total",
+                "pto_total")} | {"unsent": link._unsent, "pending": link._pending_bytes})
+        print(json.dumps({"endpoint": node.endpoint.stats, "pubsub": node.pubsub.status(),
+                          "links": links}, default=str), file=sys.stderr, flush=True)
+
+    asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, dump)
     say(port=node.listen_address[1])
+    seconds = float(os.environ.get("MQ_NODE_SECONDS", "0"))  # for profiling runs
+    if seconds:
+        await asyncio.sleep(seconds)
+        await node.stop()
+        return
     await asyncio.Event().wait()
 
 

@@ -13,7 +13,7 @@ from macula.config import load_config, replace
 from macula.node import Node
 
 TEST_LIMITS = {"max_peers": 64, "max_clients": 64, "max_frame_bytes": 1 << 20,
-               "subscriber_queue": 256, "max_subscriptions": 10000,
+               "subscriber_queue_bytes": 1 << 20, "send_buffer_total_bytes": 16 << 20, "max_subscriptions": 10000,
                "max_subscriptions_per_client": 1000, "max_pending_calls": 1000,
                "send_buffer_bytes": 1 << 20, "pinned_peers": 256, "bad_frames_per_minute": 5,
                "udp_receive_buffer_bytes": 1 << 20, "handshakes_per_second": 1000,
@@ -23,18 +23,23 @@ TEST_LIMITS = {"max_peers": 64, "max_clients": 64, "max_frame_bytes": 1 << 20,
 
 def node_config(state_dir: Path, name: str, *, realm: str = "test", seeds: tuple[str, ...] = (),
                 port: int = 0, tls: dict | None = None, limits: dict | None = None,
-                cluster: dict | None = None, **timeouts):
+                dht: dict | None = None, cluster: dict | None = None, control: bool = False,
+                **timeouts):
     base = load_config(system_file=False, env={}, limits={**TEST_LIMITS, **(limits or {})},
                        hw_profile="test")
     t = {"keepalive": 1.0, "reconnect_base": 0.05, "reconnect_cap": 0.5, "connect": 5.0,
          "shutdown": 0.5, **timeouts}
-    return replace(base, node={"name": name, "realm": realm, "state_dir": str(state_dir)},
+    node = {"name": name, "realm": realm, "state_dir": str(state_dir)}
+    if control:
+        node["runtime_dir"] = str(state_dir / "run")
+    return replace(base, node=node,
                    network={"listen_host": "127.0.0.1", "listen_port": port, "seeds": seeds},
-                   tls=tls or {}, timeouts=t, cluster=cluster or {})
+                   tls=tls or {}, timeouts=t, dht={"rpc_timeout": 1.0, **(dht or {})},
+                   cluster=cluster or {})
 
 
 async def start_node(tmp: Path, name: str, **kw) -> Node:
-    node = Node(node_config(tmp / name, name, **kw), control=kw.pop("control", False))
+    node = Node(node_config(tmp / name, name, **kw), control=kw.get("control", False))
     await node.start()
     return node
 
@@ -133,3 +138,39 @@ def skip_unless(condition: bool, reason: str) -> None:
     if os.environ.get("MACULA_REQUIRE_SYSTEM_TESTS") == "1":
         pytest.fail(f"required system test cannot run: {reason}")
     pytest.skip(reason)
+
+
+class NodeProcess:
+    """A `macula run` in its own process (so a test can SIGKILL it: a real crash)."""
+
+    def __init__(self, tmp: Path, name: str, seeds: tuple[str, ...] = (), realm: str = "test"):
+        import subprocess
+        import sys
+
+        self.name = name
+        self.port = free_udp_port()
+        state = tmp / name
+        state.mkdir(parents=True, exist_ok=True)
+        cfg = tmp / f"{name}.toml"
+        seed_list = ", ".join(f'"{s}"' for s in seeds)
+        cfg.write_text(f'[node]\nname = "{name}"\nrealm = "{realm}"\nstate_dir = "{state}"\n'
+                       f'runtime_dir = "{state / "run"}"\n[network]\nlisten_host = "127.0.0.1"\n'
+                       f"listen_port = {self.port}\nseeds = [{seed_list}]\n"
+                       f"[timeouts]\nkeepalive = 1.0\nreconnect_base = 0.05\nreconnect_cap = 0.5\n"
+                       f"[dht]\nrpc_timeout = 1.0\n")
+        import os
+
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+        self.proc = subprocess.Popen([sys.executable, "-m", "macula", "run", "-c", str(cfg)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def kill(self) -> None:
+        import signal
+
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)

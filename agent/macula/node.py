@@ -8,6 +8,7 @@ and logs peers joining and leaving. Subsystems register handlers with ``on()``.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import time
@@ -21,6 +22,7 @@ from macula.identity import (
     TofuStore, load_or_create_dev_material, load_or_create_identity, load_production_material,
 )
 from macula.identity.tofu import TOFU_FILE
+from macula.metrics import rss_bytes, start_metrics
 from macula.transport import Endpoint, PeerPool, PoolSettings, Session, SessionConfig
 from macula.wire.messages import Error
 
@@ -59,7 +61,9 @@ def node_name(cfg: Config) -> str:
 
 
 class Node:
-    def __init__(self, cfg: Config, *, control: bool = True) -> None:
+    def __init__(self, cfg: Config, *, control: bool = True, log_fields: Any = None) -> None:
+        """``log_fields`` (service.journal.NodeFields) gets this node's id and realm as soon
+        as the identity is loaded, so every log line of the node carries them."""
         self.cfg = cfg
         self.name = node_name(cfg)
         self.state_dir = Path(cfg.node.state_dir) if cfg.node.state_dir else default_state_dir()
@@ -69,9 +73,13 @@ class Node:
         self.endpoint: Endpoint | None = None
         self.pool: PeerPool | None = None
         self.control_enabled = control
+        self.log_fields = log_fields
         self._control = None
+        self._metrics = None
         self._handlers: dict[type, Handler] = {}
         self._stopped = asyncio.Event()
+        self._housekeeping: asyncio.Task | None = None
+        self.dht = None
         self.pubsub = None
         self.rpc = None
         self.cluster = None
@@ -91,10 +99,10 @@ class Node:
         return self.pool.node_id
 
     async def start(self) -> None:
-        from macula.cluster import cluster_cap
-
         cfg = self.cfg
         identity = load_or_create_identity(self.state_dir)
+        if self.log_fields is not None:
+            self.log_fields.node_id, self.log_fields.realm = identity.node_id.hex(), cfg.node.realm
         if cfg.tls.mode == "production":
             tls = load_production_material(cfg.tls.cert_file, cfg.tls.key_file, cfg.tls.ca_file)
             tofu = None
@@ -108,7 +116,7 @@ class Node:
         advertise = (cfg.network.advertise_host or self.listen_address[0], self.listen_address[1])
         session_cfg = SessionConfig(
             identity=identity, tls=tls, realm=cfg.node.realm, name=self.name, role="node",
-            listen=advertise, caps=("node", cluster_cap(cfg.cluster.name)), tofu=tofu,
+            listen=advertise, caps=self._caps(), tofu=tofu,
             max_frame=cfg.limits.max_frame_bytes, send_buffer_bytes=cfg.limits.send_buffer_bytes,
             bad_frames_per_minute=cfg.limits.bad_frames_per_minute,
             handshake_timeout=cfg.timeouts.connect)
@@ -129,34 +137,73 @@ class Node:
             from macula.control.server import ControlServer
 
             self._control = ControlServer(self, self.runtime_dir)
+            self._control.commands.update(self.dht.control_commands())
             await self._control.start()
+            self._metrics = await start_metrics(self)
+        self._housekeeping = asyncio.get_running_loop().create_task(self._housekeep())
         self.started_at = time.monotonic()
         log.info("node %s (%s) listening on %s:%d, realm %r, TLS %s, %d seed(s)",
                  self.name, identity.node_id.hex()[:12], *self.listen_address, cfg.node.realm,
                  cfg.tls.mode, len(cfg.network.seeds))
 
+    def _caps(self) -> tuple[str, ...]:
+        from macula.cluster import cluster_cap
+        from macula.dht.ids import CLIENT_CAP
+
+        caps = ("node", CLIENT_CAP) if self.cfg.dht.mode == "client" else ("node",)
+        return caps + (cluster_cap(self.cfg.cluster.name),)
+
     def _start_services(self) -> None:
+        from macula.dht.config import DhtConfig
+        from macula.dht.service import DhtService
+        from macula.pubsub.interest import DhtInterest
         from macula.pubsub.service import PubSubService
+        from macula.rpc.discovery import DhtProviders
         from macula.rpc.service import RpcService
 
         lim = self.cfg.limits
-        self.pubsub = PubSubService(self, subscriber_queue=lim.subscriber_queue,
+        self.dht = DhtService(self, DhtConfig(
+            max_records=lim.dht_storage_entries,
+            max_bytes_per_publisher=max(64 << 10, lim.dht_storage_bytes // 64),
+            max_ttl=max(86400.0, self.cfg.dht.record_ttl), rpc_timeout=self.cfg.dht.rpc_timeout),
+            client_mode=self.cfg.dht.mode == "client")
+        self.dht.attach()
+        self.pubsub = PubSubService(self, subscriber_queue_bytes=lim.subscriber_queue_bytes,
+                                    total_queue_bytes=lim.send_buffer_total_bytes,
                                     max_subscriptions=lim.max_subscriptions,
                                     max_per_client=lim.max_subscriptions_per_client)
+        self.pubsub.interest = DhtInterest(self.pubsub, self.dht, cache_entries=lim.cache_entries,
+                                           record_ttl=self.cfg.dht.record_ttl)
         self.pubsub.attach()
         self.rpc = RpcService(self, max_pending=lim.max_pending_calls)
+        self.rpc.providers = DhtProviders(self.rpc, self.dht, cache_entries=lim.cache_entries,
+                                          advertise_ttl=self.cfg.dht.record_ttl)
         self.rpc.attach()
         from macula.cluster import ClusterService, ClusterSettings
 
         self.cluster = ClusterService(self, ClusterSettings.from_config(self.cfg))
         self.cluster.attach()
 
+    async def _housekeep(self) -> None:
+        from macula.runtime.memory import TRIM_INTERVAL, trim_heap
+
+        while trim_heap():  # nothing to do where the C library cannot trim
+            await asyncio.sleep(TRIM_INTERVAL)
+
     async def stop(self) -> None:
+        if self._housekeeping is not None:
+            self._housekeeping.cancel()
+            self._housekeeping = None
         if self._control is not None:
             await self._control.stop()
             self._control = None
+        if self._metrics is not None:
+            await self._metrics.stop()
+            self._metrics = None
         if self.cluster is not None:
             await self.cluster.stop()  # goodbyes go out with the pool's drain
+        if self.dht is not None:
+            await self.dht.shutdown(self.cfg.timeouts.shutdown)  # withdraw our records
         if self.pool is not None:
             await self.pool.close()
         self._stopped.set()
@@ -193,23 +240,41 @@ class Node:
 
     # -- views ----------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
+        """What `macula status` shows: identity, peers with RTT, memory against the
+        budget, the limits in force, and the subsystems' counters."""
         assert self.pool is not None
         peers = []
+        roles: dict[str, int] = {}
         for s in self.pool.peers() + self.pool.clients():
             p = s.peer
             assert p is not None
+            roles[p.role] = roles.get(p.role, 0) + 1
             peers.append({"name": p.name, "node_id": p.node_id.hex(), "role": p.role,
                           "address": f"{p.address[0]}:{p.address[1]}",
                           "direction": "out" if s.dialer else "in",
                           "rtt_ms": None if s.rtt is None else round(s.rtt * 1000, 3)})
+        addresses = {p["address"] for p in peers if p["role"] == "node"}
+        limits = dataclasses.asdict(self.cfg.limits)
+        rss = rss_bytes()
         return {
             "name": self.name, "node_id": self.node_id.hex(), "realm": self.cfg.node.realm,
             "version": __version__, "tls_mode": self.cfg.tls.mode,
             "listen": f"{self.listen_address[0]}:{self.listen_address[1]}" if self.listen_address else None,
             "uptime_s": round(time.monotonic() - self.started_at, 1),
             "peers": peers,
-            "seeds": {f"{h}:{p}": err for (h, p), err in self.pool.wanted().items()},
+            "sessions": roles,
+            # A seed that dialled us first is connected, though our own dial to it was
+            # refused as a duplicate (the pool keeps that refusal as the seed's last error).
+            "seeds": {f"{h}:{p}": "" if f"{h}:{p}" in addresses else err
+                      for (h, p), err in self.pool.wanted().items()},
+            "memory": {"rss_mib": round(rss / (1 << 20), 1),
+                       "budget_mib": limits["agent_memory_mib"],
+                       "budget_used": round(rss / (limits["agent_memory_mib"] << 20), 3)},
             "hw_profile": self.cfg.hw_profile,
+            "limits": limits,
+            "metrics": (f"http://{self._metrics.url_host}/metrics" if self._metrics is not None
+                        else None),
+            "dht": self.dht.status() if self.dht else None,
             "pubsub": self.pubsub.status() if self.pubsub else None,
             "rpc": self.rpc.status() if self.rpc else None,
         }

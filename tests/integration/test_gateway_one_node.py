@@ -83,7 +83,7 @@ async def test_bad_pattern_is_refused_without_harm(node):
 
 
 async def test_slow_subscriber_is_bounded_and_does_not_stall_others(tmp_path):
-    node = await start_node(tmp_path, "gw", limits={"subscriber_queue": 64,
+    node = await start_node(tmp_path, "gw", limits={"subscriber_queue_bytes": 64 << 10,
                                                       "send_buffer_bytes": 64 << 10})
     try:
         pub = await connect(addr(node), realm="test")
@@ -103,7 +103,8 @@ async def test_slow_subscriber_is_bounded_and_does_not_stall_others(tmp_path):
             await pub.flush()
         await until(lambda: fast_sub.pending() == 5000, timeout=20, what="fast got everything")
         outbox = node.pubsub._outboxes[slow._pool.node_id]
-        assert len(outbox) <= 64                      # the node's queue stayed at its bound
+        assert outbox.queued_bytes <= 64 << 10        # the node's queue stayed at its bound
+        assert node.pubsub.budget.used == outbox.queued_bytes  # and is accounted node-wide
         assert node_session.link.buffered <= (64 << 10) + 2048
         assert outbox.dropped > 0                     # oldest dropped and counted
         await pub.close()

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from helpers import CertAuthority, addr, peer_names, start_node, until
+from helpers import CertAuthority, NodeProcess, addr, peer_names, start_node, until
 from macula.errors import ErrorCode, SessionRefused
 from macula.identity import ephemeral_dev_material, ephemeral_identity
 from macula.transport import Endpoint, PeerPool, PoolSettings, SessionConfig
@@ -193,12 +193,13 @@ async def test_garbage_peer_is_disconnected_while_others_are_served(tmp_path):
         assert link.close_code is not None and link.close_code >= 0x1000
         # 2) a session that turns to garbage after it was established
         bad = await start_node(tmp_path, "bad", seeds=(addr(a),))
-        await until(lambda: "bad" in peer_names(a), what="bad joined")
+        await until(lambda: "bad" in peer_names(a) and bad.pool.get(a.node_id), what="bad joined")
         bad.pool.get(a.node_id).link.queue(b"\x01\x10\x00\x00\xff\xff\xff\xff" + os.urandom(64))
         await until(lambda: "bad" not in peer_names(a), what="bad disconnected")
         # 3) a peer that sends well-framed but invalid frames past the limit is cut off
         bad2 = await start_node(tmp_path, "bad2", seeds=(addr(a),))
-        await until(lambda: "bad2" in peer_names(a), what="bad2 joined")
+        await until(lambda: "bad2" in peer_names(a) and bad2.pool.get(a.node_id),
+                    what="bad2 joined")
         s = bad2.pool.get(a.node_id)
         for _ in range(20):
             s.link.queue(b"\x01\x10\x00\x00\x00\x00\x00\x01\xc0")  # PUBLISH with a nil body
@@ -234,3 +235,32 @@ async def test_pool_reconnects_after_a_peer_restarts(tmp_path):
     finally:
         await a.stop()
         await seed2.stop()
+
+
+async def test_a_restarted_peer_is_readmitted_at_once_not_refused_as_a_duplicate(tmp_path):
+    # make b's node ID the larger one and let a dial b: a restarted b dialling a would then
+    # lose the simultaneous-dial rule (smaller dialer wins) against a's stale session
+    from macula.identity import load_or_create_identity
+
+    ids = {name: load_or_create_identity(tmp_path / name).node_id for name in ("x", "y")}
+    small, large = sorted(ids, key=ids.get)
+    (tmp_path / small).rename(tmp_path / "a")
+    (tmp_path / large).rename(tmp_path / "b")
+    b = NodeProcess(tmp_path, "b")
+    b2 = None
+    a = await start_node(tmp_path, "a", idle=60.0, seeds=(b.address,))
+    try:
+        await until(lambda: peer_names(a) == {"b"}, timeout=15, what="a dialled b")
+        old = next(s for s in a.pool.peers() if s.peer.name == "b")
+        assert old.dialer and old.peer.node_id > a.node_id
+        b.kill()  # a crash: no GOAWAY, a still believes in the session (60 s idle timeout)
+        b2 = await start_node(tmp_path, "b", seeds=(addr(a),))  # same identity, new process
+        await until(lambda: a.pool.get(old.peer.node_id) not in (None, old), timeout=5,
+                    what="restarted b readmitted")
+        assert a.pool.get(old.peer.node_id).peer.boot != old.peer.boot
+        assert b2.node_id == old.peer.node_id and b2.pool.get(a.node_id) is not None
+    finally:
+        b.kill()
+        if b2 is not None:
+            await b2.stop()
+        await a.stop()

@@ -155,7 +155,7 @@ def test_replace_changes_only_the_given_keys(tmp_path):
     ('[timeouts]\nreconnect_base = 10\nreconnect_cap = 5', ["timeouts.reconnect_cap",
                                                            "timeouts.reconnect_base"]),
     ('[nod]\nrealm = "x"', ["unknown section 'nod'", "did you mean 'node'"]),
-    ('[zzzz]', ["unknown section 'zzzz'", "known: cluster, limits, network, node, timeouts, tls"]),
+    ('[zzzz]', ["unknown section 'zzzz'", "known: " + ", ".join(sorted(SECTIONS))]),
     ('[node]\nrelam = "x"', ["[node]", "'relam'", "did you mean 'realm'"]),
     ('node = 5', ["node", "[node] table"]),
     ('[tls]\nmode = "production"\ncert_file = "/c"',

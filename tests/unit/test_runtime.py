@@ -262,3 +262,39 @@ def test_backoff_jitter_is_reproducible_with_a_seeded_rng():
     a = Backoff(rng=random.Random(42))
     b = Backoff(rng=random.Random(42))
     assert [a.next_delay() for _ in range(10)] == [b.next_delay() for _ in range(10)]
+
+
+# ---- outbox byte bounds (transport/outbox.py) -----------------------------------------
+class _FullSession:
+    """A session whose send buffer is full: every frame has to wait in the outbox."""
+
+    def __init__(self) -> None:
+        from macula.transport.session import State
+
+        self.state = State.ESTABLISHED
+
+    def send_frame(self, frame: bytes) -> bool:
+        return False
+
+
+def test_outbox_drops_oldest_past_its_own_bound_and_the_node_budget():
+    import asyncio
+
+    from macula.transport.outbox import ByteBudget, Outbox
+
+    async def scenario():
+        budget = ByteBudget(limit=250)
+        a = Outbox(_FullSession(), max_bytes=100, budget=budget)
+        b = Outbox(_FullSession(), max_bytes=1000, budget=budget)
+        for i in range(5):
+            a.put(bytes([i]) * 30)             # 150 bytes into a 100-byte queue
+        assert a.queued_bytes == 90 and a.dropped == 2 and len(a) == 3
+        assert list(a._queue)[0] == bytes([2]) * 30  # the oldest went first
+        for i in range(6):
+            b.put(bytes([i]) * 30)             # node budget 250: b may hold 160 more
+        assert budget.used <= 250 and b.dropped == 1 and a.dropped == 2  # a is untouched
+        a.close()
+        b.close()
+        assert budget.used == 0 and a.dropped == 5 and b.dropped == 6
+
+    asyncio.run(scenario())

@@ -9,6 +9,8 @@ import shutil
 import subprocess
 import sys
 import tomllib
+
+from macula.config.schema import SECTIONS
 from pathlib import Path
 
 import pytest
@@ -79,14 +81,13 @@ def test_control_fields_and_conffile(amd64) -> None:
     assert field(deb, "Package") == "macula-agent"
     depends = field(deb, "Depends")
     for package in ("python3 (>= 3.11)", "python3-msgpack", "python3-psutil",
-                    "python3-cryptography", "python3-systemd"):
+                    "python3-cryptography", "python3-systemd", "python3-prometheus-client"):
         assert package in depends
     conffiles = subprocess.run(["dpkg-deb", "--ctrl-tarfile", str(deb)], capture_output=True,
                                check=True).stdout
     assert b"./conffiles" in conffiles
     text = (root / "etc/macula/agent.toml").read_text()
-    assert tomllib.loads(text) == {"node": {}, "network": {}, "tls": {}, "timeouts": {}, "limits": {},
-                                   "cluster": {}}
+    assert tomllib.loads(text) == {name: {} for name in SECTIONS}  # every key commented out
     assert "# max_peers = \"per hardware profile, see `macula hw`\"" in text
     cfg = load_config(root / "etc/macula/agent.toml", env={}, limits=detect_limits()[1])
     assert cfg.network.listen_port == 9443

@@ -43,6 +43,15 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("file")
     status = with_config(sub.add_parser("status", help="ask the running node how it is"))
     status.add_argument("--json", action="store_true")
+    disc = with_config(sub.add_parser("discover", help="live providers of a service (DHT)"))
+    disc.add_argument("service")
+    disc.add_argument("--json", action="store_true")
+    adv = with_config(sub.add_parser("advertise", help="advertise this node as a provider"))
+    adv.add_argument("service")
+    adv.add_argument("--ttl", type=int, default=300)
+    adv.add_argument("--meta", action="append", default=[], metavar="KEY=VALUE")
+    dht = with_config(sub.add_parser("dht", help="the running node's routing table"))
+    dht.add_argument("--json", action="store_true")
 
     def client(sp: argparse.ArgumentParser) -> argparse.ArgumentParser:
         sp.add_argument("--node", default="127.0.0.1:9443", help="node to attach to (host:port)")
@@ -131,6 +140,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         from macula.cli.status import print_status
 
         return print_status(_load(args), args.json)
+    if args.command in ("discover", "advertise", "dht"):
+        from macula.cli import dht as dht_cli
+
+        return getattr(dht_cli, args.command)(_load(args), args)
     raise AssertionError(args.command)
 
 

@@ -18,7 +18,7 @@ async def run_node(cfg: Config, fields=None) -> int:
     STATUS= with the peer count, STOPPING=1 on the way out."""
     from macula.service import Notifier, start_watchdog
 
-    node = Node(cfg)
+    node = Node(cfg, log_fields=fields)
     notifier = Notifier()
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -27,8 +27,6 @@ async def run_node(cfg: Config, fields=None) -> int:
     watchdog = None
     try:
         await node.start()
-        if fields is not None:
-            fields.node_id, fields.realm = node.node_id.hex(), cfg.node.realm
         watchdog = start_watchdog(notifier, status=lambda: _status_line(node))
         await node.pool.seeds_tried(cfg.timeouts.connect + 1.0)
         notifier.ready(_status_line(node))

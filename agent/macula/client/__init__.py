@@ -83,6 +83,12 @@ class Subscription:
     def pending(self) -> int:
         return len(self._queue)
 
+    def drain(self) -> list[Message]:
+        """Everything queued now, without waiting."""
+        out = list(self._queue)
+        self._queue.clear()
+        return out
+
     async def unsubscribe(self) -> None:
         await self.client._unsubscribe(self)
 
@@ -100,6 +106,7 @@ class Client:
         self._handlers: dict[str, Handler] = {}
         self._ids = itertools.count(1)
         self._flushes: deque[asyncio.Future] = deque()
+        self._valid_topics: set[str] = set()
         self._tasks: set[asyncio.Task] = set()
         self.closed = asyncio.Event()
         pool.on_message = self._on_message
@@ -119,7 +126,11 @@ class Client:
     async def publish(self, topic: str, payload: bytes | str, *, reply_to: str | None = None,
                       headers: dict[str, str] | None = None) -> None:
         """Publish; waits only when the connection's send buffer is full (back-pressure)."""
-        validate_topic(topic)
+        if topic not in self._valid_topics:  # publishers reuse few topics: check each once
+            validate_topic(topic)
+            if len(self._valid_topics) >= 1024:
+                self._valid_topics.clear()
+            self._valid_topics.add(topic)
         data = payload.encode() if isinstance(payload, str) else payload
         msg = Publish(topic, data, reply_to, headers)
         if not self.session.send(msg):

@@ -150,8 +150,12 @@ class LimitsConfig:
     pinned_peers: int = _opt("entries in the TOFU store of pinned peers", int_range(16, 1 << 20))
     bad_frames_per_minute: int = _opt("protocol errors tolerated from a peer before it is "
                                       "disconnected", int_range(1, 100000))
-    subscriber_queue: int = _opt("frames queued per subscriber beyond its connection's send "
-                                 "buffer; the oldest is dropped past this", int_range(1, 1 << 20))
+    subscriber_queue_bytes: int = _opt("bytes queued per subscriber beyond its connection's "
+                                       "send buffer; the oldest is dropped past this",
+                                       int_range(4 << 10, 1 << 30))
+    send_buffer_total_bytes: int = _opt("bytes queued for every subscriber together; the "
+                                        "oldest of a growing queue is dropped past this",
+                                        int_range(64 << 10, 1 << 34))
     max_subscriptions: int = _opt("subscriptions held by this node for its clients",
                                   int_range(1, 1 << 22))
     max_subscriptions_per_client: int = _opt("subscriptions one client may hold",
@@ -222,6 +226,29 @@ class ClusterConfig:
                                      default=4096)
 
 
+@dataclass(frozen=True)
+class DhtSection:
+    mode: str = _opt("server: hold records for others; client: look up and publish only "
+                     "(weak or unreachable nodes)", one_of("server", "client"), default="server")
+    record_ttl: int = _opt("seconds a published record lives without being refreshed",
+                           int_range(10, 86400), default=300)
+    rpc_timeout: float = _opt("seconds to wait for one DHT request (also bounds the dial); "
+                              "a lookup goes on with other nodes meanwhile",
+                              float_range(0.1, 60), default=3.0)
+
+
+def listen_address_or_empty(v: Any) -> None:
+    if v:
+        parse_address(v, 9464)
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    listen: str = _opt("Prometheus text metrics over HTTP at host:port (GET /metrics); keep it "
+                       "on loopback unless a firewall guards it; empty = off",
+                       listen_address_or_empty, default="127.0.0.1:9464")
+
+
 SECTIONS: dict[str, type] = {
     "node": NodeConfig,
     "network": NetworkConfig,
@@ -229,6 +256,8 @@ SECTIONS: dict[str, type] = {
     "timeouts": TimeoutsConfig,
     "limits": LimitsConfig,
     "cluster": ClusterConfig,
+    "dht": DhtSection,
+    "metrics": MetricsConfig,
 }
 
 
@@ -240,6 +269,8 @@ class Config:
     timeouts: TimeoutsConfig
     limits: LimitsConfig
     cluster: ClusterConfig
+    dht: DhtSection
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     source: str = "embedded defaults"
     hw_profile: str = "generic"
 

@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 from macula.dht.events import LookupDone, StoreDone, ValueFound
 from macula.dht.ids import CLIENT_CAP, Contact
-from macula.dht.node import DhtConfig, DhtNode
+from macula.dht.config import DhtConfig
+from macula.dht.node import DhtNode
 from macula.dht.registry import Discovered, Provider, ServiceRegistry
 from macula.errors import ErrorCode, MaculaError
 from macula.transport.session import Session
@@ -36,6 +37,7 @@ DHT_MESSAGES = (FindNode, FindNodeReply, FindValue, FindValueReply, Store, Store
                 DhtPing, DhtPong)
 QUEUED_PER_DIAL = 32       # messages waiting for one dial; more are dropped (RPC timeouts)
 OP_GUARD = 60.0            # an operation the core never finishes is abandoned after this
+JOIN_WAIT = 10.0           # operations wait this long at most for the first bootstrap
 
 
 class DhtService:
@@ -54,12 +56,17 @@ class DhtService:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._bootstrapped = False
+        # set once the first bootstrap finished (or at once when there are no seeds):
+        # operations started before that wait for it, bounded by JOIN_WAIT
+        self._joined = asyncio.Event()
         self.stats = {"dials": 0, "dial_failures": 0, "dropped": 0}
 
     def attach(self) -> None:
         for msg_cls in DHT_MESSAGES:
             self.node.on(msg_cls, self._on_message)
         self.node.peer_listeners.append(self._on_peer)
+        if not self.node.cfg.network.seeds:
+            self._joined.set()  # a node without seeds runs standalone; others join it
         self._pump()
 
     # -- inputs -----------------------------------------------------------------------
@@ -82,11 +89,15 @@ class DhtService:
             self.core.peer_connected(p.node_id, p.listen, now, client=CLIENT_CAP in p.caps)
             if not self._bootstrapped and CLIENT_CAP not in p.caps:
                 self._bootstrapped = True  # first DHT peer: join through it
-                self.core.bootstrap([], now)
+                op = self.core.bootstrap([], now)
+                fut = self._waiters[op] = self.loop.create_future()
+                fut.add_done_callback(lambda _: self._joined.set())
             queued = self._dials.pop(p.node_id, None)
             if queued:
                 for msg in queued:
                     self._send_now(session, msg)
+        elif session.peer_leaving:  # it shut down: no point asking it anything any more
+            self.core.handle_unreachable(p.node_id, now)
         else:
             self.core.peer_disconnected(p.node_id, now)
         self._pump()
@@ -144,7 +155,8 @@ class DhtService:
         async with self._dial_slots:
             self.stats["dials"] += 1
             try:
-                session = await self.node.pool.connect(contact.host, contact.port)
+                session = await self.node.pool.connect(contact.host, contact.port,
+                                                       timeout=self.core.config.rpc_timeout)
                 if session.peer.node_id != contact.node_id:
                     raise MaculaError(f"{contact.host}:{contact.port} is another node now",
                                       code=ErrorCode.IDENTITY_INVALID)
@@ -160,6 +172,15 @@ class DhtService:
             self._send_now(session, msg)
 
     # -- operations (awaitable) -------------------------------------------------------
+    async def joined(self, timeout: float = JOIN_WAIT) -> bool:
+        """Wait (bounded) until this node has joined the DHT through its seeds."""
+        if not self._joined.is_set():
+            try:
+                await asyncio.wait_for(self._joined.wait(), timeout)
+            except asyncio.TimeoutError:
+                return False
+        return True
+
     async def _wait(self, op_id: int) -> Any:
         fut = self.loop.create_future()
         self._waiters[op_id] = fut
@@ -170,24 +191,29 @@ class DhtService:
             self._waiters.pop(op_id, None)
 
     async def lookup_node(self, target: bytes) -> LookupDone:
+        await self.joined()
         return await self._wait(self.core.lookup_node(target, self.loop.time()))
 
     async def find_value(self, key: bytes) -> ValueFound:
+        await self.joined()
         return await self._wait(self.core.find_value(key, self.loop.time()))
 
     async def store(self, key: bytes, value: bytes, ttl: int) -> StoreDone:
+        await self.joined()
         return await self._wait(self.core.store(key, value, ttl, self.loop.time()))
 
     async def withdraw(self, key: bytes) -> StoreDone:
         return await self._wait(self.core.withdraw(key, self.loop.time()))
 
     async def advertise(self, service: str, metadata: dict, ttl: int) -> StoreDone:
+        await self.joined()
         return await self._wait(self.registry.advertise(service, metadata, ttl, self.loop.time()))
 
     async def withdraw_service(self, service: str) -> StoreDone:
         return await self._wait(self.registry.withdraw(service, self.loop.time()))
 
     async def discover(self, service: str) -> tuple[Provider, ...]:
+        await self.joined()
         found: Discovered = await self._wait(self.registry.discover(service, self.loop.time()))
         return found.providers
 
@@ -205,3 +231,46 @@ class DhtService:
 
     def status(self) -> dict[str, Any]:
         return {**self.core.stats(), **self.stats, "client_mode": self.client_mode}
+
+    # -- control socket commands (macula discover / dht / advertise) -----------------
+    def control_commands(self) -> dict[str, Any]:
+        return {"discover": self._cmd_discover, "dht": self._cmd_table,
+                "advertise": self._cmd_advertise}
+
+    async def _cmd_discover(self, req: dict[str, Any]) -> Any:
+        service = _text(req, "service")
+        now = self.loop.time()
+        return [{"node_id": p.node_id.hex(), "host": p.host, "port": p.port,
+                 "metadata": p.metadata, "ttl_left_s": round(p.expires - now, 1)}
+                for p in await self.discover(service)]
+
+    async def _cmd_advertise(self, req: dict[str, Any]) -> Any:
+        service = _text(req, "service")
+        ttl = req.get("ttl", 300)
+        metadata = req.get("metadata", {})
+        if type(ttl) is not int or not 1 <= ttl <= 86400 or not isinstance(metadata, dict):
+            raise MaculaError("ttl must be 1..86400 s and metadata an object",
+                              code=ErrorCode.BAD_FIELD)
+        try:
+            done = await self.advertise(service, metadata, ttl)
+        except ValueError as exc:
+            raise MaculaError(str(exc), code=ErrorCode.BAD_FIELD) from None
+        return {"service": service, "stored_on": done.stored, "refused_by": done.refused}
+
+    async def _cmd_table(self, _req: dict[str, Any]) -> Any:
+        table = self.core.table
+        return {"node_id": self.node.node_id.hex(), "client_mode": self.client_mode,
+                "contacts": len(table),
+                "buckets": [{"index": i, "contacts": len(b.contacts),
+                             "replacements": len(b.replacements)}
+                            for i, b in enumerate(table.buckets) if b.contacts or b.replacements],
+                "closest": [{"node_id": c.node_id.hex(), "address": f"{c.host}:{c.port}"}
+                            for c in table.closest(self.node.node_id, 8)],
+                "stats": self.status()}
+
+
+def _text(req: dict[str, Any], key: str) -> str:
+    value = req.get(key)
+    if not isinstance(value, str) or not value:
+        raise MaculaError(f"{key!r} must be a non-empty string", code=ErrorCode.BAD_FIELD)
+    return value

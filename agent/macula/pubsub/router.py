@@ -67,6 +67,7 @@ class PubSubRouter:
 
     # -- local subscriptions --------------------------------------------------------
     def subscribe(self, owner: bytes, sub_id: int, pattern: str, group: str | None = None) -> LocalSub:
+        validate_pattern(pattern)  # bad input is named before any bound is checked
         owned = self._by_owner.setdefault(owner, {})
         if sub_id in owned:
             raise TopicError(f"subscription id {sub_id} is already in use")

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from macula.errors import ErrorCode, MaculaError
 from macula.pubsub.router import LocalSub, PubSubRouter, Route
 from macula.pubsub.topics import TopicError
-from macula.transport.outbox import Outbox
+from macula.transport.outbox import ByteBudget, Outbox
 from macula.transport.session import Session, State
 from macula.wire import encode
 from macula.wire.messages import Deliver, Error, Publish, PubsubRoute, Subscribe, Unsubscribe
@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("macula.pubsub")
 
 UNREACHABLE_BACKOFF = 10.0  # a subscriber node that failed a dial is skipped this long
+DIAL_QUEUE = 1024           # frames held for one subscriber node while it is dialled
 
 
 class InterestSource(Protocol):
@@ -39,12 +40,14 @@ class InterestSource(Protocol):
 
 
 class PubSubService:
-    def __init__(self, node: "Node", *, subscriber_queue: int, max_subscriptions: int,
-                 max_per_client: int, pending_per_topic: int = 1024) -> None:
+    def __init__(self, node: "Node", *, subscriber_queue_bytes: int, total_queue_bytes: int,
+                 max_subscriptions: int, max_per_client: int,
+                 pending_per_topic: int = 1024) -> None:
         self.node = node
         self.router = PubSubRouter(max_subscriptions=max_subscriptions,
                                    max_per_owner=max_per_client)
-        self.subscriber_queue = subscriber_queue
+        self.subscriber_queue_bytes = subscriber_queue_bytes
+        self.budget = ByteBudget(total_queue_bytes)
         self.pending_per_topic = pending_per_topic
         self.interest: InterestSource | None = None
         self._outboxes: dict[bytes, Outbox] = {}
@@ -154,7 +157,7 @@ class PubSubService:
                 session = self.node.pool.get(sub.owner)
                 if session is None:
                     continue
-                outbox = outboxes[sub.owner] = Outbox(session, self.subscriber_queue)
+                outbox = outboxes[sub.owner] = Outbox(session, self.subscriber_queue_bytes, self.budget)
             outbox.put(encode(Deliver(sub.sub_id, topic, payload, reply_to, headers)))
         self.stats["delivered"] += len(subs)
 
@@ -181,7 +184,7 @@ class PubSubService:
             return
         queue = self._dialing.get(node_id)
         if queue is None:
-            queue = self._dialing[node_id] = deque(maxlen=self.subscriber_queue)
+            queue = self._dialing[node_id] = deque(maxlen=DIAL_QUEUE)
             asyncio.get_running_loop().create_task(self._dial(node_id))
         if len(queue) == queue.maxlen:
             self.stats["dropped"] += 1
@@ -213,7 +216,7 @@ class PubSubService:
         session = self.node.pool.get(node_id)
         if session is None:
             return None
-        outbox = self._outboxes[node_id] = Outbox(session, self.subscriber_queue)
+        outbox = self._outboxes[node_id] = Outbox(session, self.subscriber_queue_bytes, self.budget)
         return outbox
 
     # -- from other nodes -------------------------------------------------------------
@@ -230,6 +233,6 @@ class PubSubService:
 
     def status(self) -> dict[str, Any]:
         dropped = self.stats["dropped"] + sum(o.dropped for o in self._outboxes.values())
-        return {**self.stats, "dropped": dropped,
+        return {**self.stats, "dropped": dropped, "queued_bytes": self.budget.used,
                 "subscriptions": self.router.subscription_count(),
                 "remote_nodes": len(self.router.remote_nodes())}

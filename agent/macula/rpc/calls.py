@@ -96,7 +96,10 @@ class CallTable:
 def choose_provider(candidates: list[bytes], outstanding: dict[bytes, int],
                     rng: random.Random) -> bytes:
     """Power of two choices on calls in flight: two at random, the less loaded wins."""
-    if len(candidates) == 1:
+    n = len(candidates)
+    if n == 1:
         return candidates[0]
-    a, b = rng.sample(candidates, 2)
+    i = int(rng.random() * n)
+    j = (i + 1 + int(rng.random() * (n - 1))) % n  # a second, different candidate
+    a, b = candidates[i], candidates[j]
     return a if outstanding.get(a, 0) <= outstanding.get(b, 0) else b

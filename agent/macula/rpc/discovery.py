@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("macula.rpc")
 
 SERVICE_PREFIX = "rpc."
+UNREACHABLE_BACKOFF = 10.0  # a provider node that failed a dial is skipped this long
 
 
 class DhtProviders:
@@ -36,10 +37,19 @@ class DhtProviders:
         self._cache: TTLCache[str, list[bytes]] = TTLCache(cache_entries, cache_ttl, clock)
         self._contacts: TTLCache[bytes, tuple[str, int]] = TTLCache(cache_entries, advertise_ttl,
                                                                     clock)
+        self._unreachable: TTLCache[bytes, bool] = TTLCache(cache_entries, UNREACHABLE_BACKOFF,
+                                                            clock)
         self.stats = {"discoveries": 0, "advertised": 0, "withdrawn": 0}
 
     def cached(self, procedure: str) -> list[bytes] | None:
-        return self._cache.get(procedure)
+        found = self._cache.get(procedure)
+        if not found:  # unknown (None) or nobody: nothing to filter
+            return found
+        return [n for n in found if n not in self._unreachable]
+
+    def forget(self, node_id: bytes) -> None:
+        """A provider's node went away: do not offer it until discovery finds it again."""
+        self._unreachable.set(node_id, True)
 
     async def discover(self, procedure: str) -> list[bytes]:
         self.stats["discoveries"] += 1
@@ -51,7 +61,7 @@ class DhtProviders:
                 self._contacts.set(p.node_id, (p.host, p.port))
                 found.append(p.node_id)
         self._cache.set(procedure, found, None if found else self.empty_ttl)
-        return found
+        return [n for n in found if n not in self._unreachable]
 
     def local_changed(self, procedure: str, served: bool) -> None:
         self.node.endpoint.loop.create_task(self._publish(procedure, served))
@@ -68,6 +78,12 @@ class DhtProviders:
             log.info("%s %s in the DHT failed: %s", "advertising" if served else "withdrawing",
                      procedure, exc)
 
-    async def connect(self, node_id: bytes) -> "Session | None":
+    async def connect(self, node_id: bytes, timeout: float) -> "Session | None":
         contact = self._contacts.get(node_id)
-        return None if contact is None else await self.node.pool.connect(*contact)
+        if contact is None:
+            return None
+        try:
+            return await self.node.pool.connect(*contact, timeout=timeout)
+        except Exception:
+            self.forget(node_id)
+            raise

@@ -36,7 +36,8 @@ class ProviderSource(Protocol):
     def cached(self, procedure: str) -> list[bytes] | None: ...     # None: not known yet
     async def discover(self, procedure: str) -> list[bytes]: ...
     def local_changed(self, procedure: str, served: bool) -> None: ...  # advertise / withdraw
-    async def connect(self, node_id: bytes) -> Session | None: ...
+    async def connect(self, node_id: bytes, timeout: float) -> Session | None: ...
+    def forget(self, node_id: bytes) -> None: ...                    # its node went away
 
 
 class RpcService:
@@ -162,8 +163,10 @@ class RpcService:
     async def _connect_then_send(self, call: PendingCall, provider: bytes,
                                  remote: list[bytes]) -> None:
         session = None
+        # leave time to try another provider if this one cannot be reached
+        budget = max(0.05, (call.deadline - self.node.endpoint.loop.time()) / 2)
         try:
-            session = await self.providers.connect(provider)
+            session = await self.providers.connect(provider, budget)
         except Exception as exc:
             log.debug("provider %s unreachable: %s", provider.hex()[:12], exc)
         if self.table.get(call.call_id) is not call:
@@ -197,6 +200,8 @@ class RpcService:
         if event != "down":
             return
         gone = session.peer.node_id
+        if self.providers is not None and session.peer.role == "node":
+            self.providers.forget(gone)
         for procedure in list(self._by_client.get(gone, ())):
             self._drop_registration(gone, procedure)
         for call in self.table.calls_to(gone):

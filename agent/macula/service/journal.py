@@ -131,8 +131,9 @@ class FieldsFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         text = super().format(record)
-        extra = [f"{attr}={getattr(record, attr)}" for attr in FIELDS
-                 if getattr(record, attr, None) not in (None, "")]
+        # terminals get short node IDs (12 hex digits); the journal keeps them whole
+        extra = [f"{attr}={str(getattr(record, attr))[:12] if attr in ('node_id', 'peer') else getattr(record, attr)}"
+                 for attr in FIELDS if getattr(record, attr, None) not in (None, "")]
         return f"{text} [{' '.join(extra)}]" if extra else text
 
 

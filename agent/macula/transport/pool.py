@@ -29,6 +29,8 @@ from macula.transport.session import Session, SessionConfig, State
 
 log = logging.getLogger("macula.pool")
 
+DUPLICATE_GRACE = 2.0  # seconds a retired duplicate session stays open to drain
+
 Address = tuple[str, int]
 
 
@@ -199,6 +201,8 @@ class PeerPool:
                         raise
                 else:
                     raise
+            if result.retired:  # lost a simultaneous dial: use the session that won
+                result = self.get(result.peer.node_id) or result
             fut.set_result(result)
             return result
         except BaseException as exc:
@@ -240,13 +244,27 @@ class PeerPool:
                 old.close(ErrorCode.DUPLICATE_SESSION, "replaced by a newer session")
             return
         existing = self._peers.peek(peer.node_id)
+        if existing is not None and existing.state is State.ESTABLISHED \
+                and existing.peer.boot != peer.boot:
+            # the node restarted (crash, watchdog): its old session is dead, replace it now
+            # rather than refuse the new one until the old one idles out
+            self._peers.pop(peer.node_id)
+            existing.close(ErrorCode.GOING_AWAY, "the peer restarted")
+            self._forget_peer(existing)
+            existing = None
         if existing is not None and existing.state is State.ESTABLISHED:
+            # Two nodes dialled each other at once. Both keep the session dialled by the
+            # smaller node ID; the other is retired: out of the table at once, closed after
+            # a grace period, so frames already sent on it are not lost.
             self.stats.duplicates += 1
             if self._dialer_of(session) > self._dialer_of(existing):
-                raise SessionRefused("a session to this node exists",
-                                     code=ErrorCode.DUPLICATE_SESSION)
-            self._peers.pop(peer.node_id)  # keep the new one, retire the old quietly
-            existing.close(ErrorCode.DUPLICATE_SESSION, "a session to this node exists")
+                if not session.dialer:  # nothing was sent on it yet: just refuse it
+                    raise SessionRefused("a session to this node exists",
+                                         code=ErrorCode.DUPLICATE_SESSION)
+                session.retired = True  # the peer already uses it: let it drain
+                return
+            self._peers.pop(peer.node_id)
+            self._retire(existing)
         try:
             evicted = self._peers.put(peer.node_id, session, evictable=self._evictable)
         except PoolFull:
@@ -255,13 +273,21 @@ class PeerPool:
                                  code=ErrorCode.OVERLOADED) from None
         for _, old in evicted:
             self.stats.evicted += 1
-            old.goaway("peer pool full")
+            old.goaway("peer pool full", ErrorCode.OVERLOADED)
             old.close(ErrorCode.OVERLOADED, "evicted: peer pool full")
             self._forget_peer(old)
+
+    def _retire(self, session: Session) -> None:
+        session.retired = True
+        self.endpoint.loop.call_later(DUPLICATE_GRACE, session.close,
+                                      ErrorCode.DUPLICATE_SESSION, "duplicate session retired")
 
     def _established(self, session: Session) -> None:
         peer = session.peer
         assert peer is not None
+        if session.retired:
+            self._retire(session)
+            return
         if peer.role != "client":
             dial_addr = session.dial_address
             if dial_addr is not None:
@@ -323,7 +349,7 @@ class PeerPool:
                 self._peers.touch(node_id)
         for node_id, session in self._peers.expire_idle():
             self.stats.idle_closed += 1
-            session.goaway("idle")
+            session.goaway("idle", ErrorCode.TIMEOUT)
             session.close(ErrorCode.GOING_AWAY, "idle")
             self._forget_peer(session)
 
@@ -345,11 +371,18 @@ class PeerPool:
             await asyncio.wait([asyncio.ensure_future(x) for x in waits], timeout=timeout)
 
     async def _dial_wanted(self, addr: Address, w: _Wanted) -> None:
+        if self._closing:
+            return
         try:
             await self.connect(*addr)
             w.tried.set()
         except (SessionRefused, OSError) as exc:
             w.tried.set()
+            node_id = self._by_addr.get(addr)
+            if node_id is not None and self.get(node_id) is not None:
+                w.last_error = ""  # refused as a duplicate of a session it opened to us
+                w.backoff.reset()
+                return
             delay = w.backoff.next_delay()
             w.next_attempt = self.clock.now() + delay
             message = getattr(exc, "message", None) or str(exc)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Callable, NamedTuple
@@ -66,6 +67,7 @@ class SessionConfig:
     send_buffer_bytes: int = 1 << 20
     bad_frames_per_minute: int = 60
     handshake_timeout: float = 10.0
+    boot: bytes = field(default_factory=lambda: os.urandom(8))  # tells restarts from races
     _identity_sig: bytes = field(default=b"", repr=False)
     _cert_key: bytes = field(default=b"", repr=False)
 
@@ -86,7 +88,7 @@ class PeerInfo(NamedTuple):
     identity_key: bytes
     caps: tuple[str, ...]
     address: tuple[str, int]        # the address this link talks to
-
+    boot: bytes = b""               # the peer's process-start id
     @property
     def short_id(self) -> str:
         return self.node_id.hex()[:12]
@@ -129,6 +131,8 @@ class Session:
         self.last_received = self.loop.time()
         self.dial_address: tuple[str, int] | None = None  # set by the pool when it dials
         self.active = False  # application traffic since the pool last looked
+        self.peer_leaving = False  # the peer said it is leaving the mesh (shutdown)
+        self.retired = False  # lost a simultaneous-dial contest: draining, then closed
         self.frames_in = 0
         self.frames_out = 0
         self.dropped_out = 0
@@ -159,7 +163,7 @@ class Session:
         self._send_control(Connect(
             PROTOCOL_VERSION, cfg.identity.node_id, cfg.realm, cfg.role, cfg.name, cfg.listen,
             cfg.identity.public_key, cfg._identity_sig, cfg.tls.cert_der, cert_sig,
-            cfg.tls.chain_der, cfg.caps))
+            cfg.tls.chain_der, cfg.caps, cfg.boot))
 
     def _handle_connect(self, msg: Connect) -> None:
         cfg = self.cfg
@@ -178,11 +182,12 @@ class Session:
         addr = self.link.remote_addr
         self.peer = PeerInfo(msg.node_id, msg.name, msg.realm, msg.role,
                              _reachable(msg.listen, addr), msg.identity_key,
-                             tuple(msg.caps), (_plain_host(addr[0]), addr[1]))
+                             tuple(msg.caps), (_plain_host(addr[0]), addr[1]), msg.boot)
         self._on_admit(self)  # before CONNECTED: a refused dialer never sees success
         self._send_control(Connected(
             PROTOCOL_VERSION, cfg.identity.node_id, cfg.realm, cfg.name, cfg.listen,
-            cfg.identity.public_key, cfg._identity_sig, (_plain_host(addr[0]), addr[1]), cfg.caps))
+            cfg.identity.public_key, cfg._identity_sig, (_plain_host(addr[0]), addr[1]), cfg.caps,
+            cfg.boot))
         self._establish()
 
     def _handle_connected(self, msg: Connected) -> None:
@@ -201,7 +206,7 @@ class Session:
         addr = self.link.remote_addr
         self.peer = PeerInfo(msg.node_id, msg.name, msg.realm, "node",
                              _reachable(msg.listen, addr), msg.identity_key,
-                             tuple(msg.caps), (_plain_host(addr[0]), addr[1]))
+                             tuple(msg.caps), (_plain_host(addr[0]), addr[1]), msg.boot)
         self.observed_address = tuple(msg.observed)
         self._on_admit(self)
         self._establish()
@@ -283,6 +288,7 @@ class Session:
                     self.on_pong(msg.seq)
             elif t is GoAway:
                 log.debug("%s goes away: %s", self, msg.reason)
+                self.peer_leaving = msg.code == int(ErrorCode.GOING_AWAY)
                 self.close(ErrorCode.GOING_AWAY, msg.reason or "peer going away")
             elif t is Error:
                 log.info("peer %s reported error %s: %s", self.peer and self.peer.name,
@@ -376,9 +382,13 @@ class Session:
         self._send_control(Ping(self._ping_seq))
 
     # -- closing --------------------------------------------------------------------
-    def goaway(self, reason: str = "shutting down") -> None:
+    def goaway(self, reason: str = "shutting down",
+               code: ErrorCode = ErrorCode.GOING_AWAY) -> None:
+        """Tell the peer we close this session. GOING_AWAY means this node is leaving the
+        mesh (the peer forgets it); TIMEOUT (idle) or OVERLOADED (evicted) only end the
+        session."""
         if self.state is State.ESTABLISHED:
-            self._send_control(GoAway(int(ErrorCode.GOING_AWAY), reason))
+            self._send_control(GoAway(int(code), reason))
             self.state = State.CLOSING
 
     def close(self, code: ErrorCode = ErrorCode.GOING_AWAY, reason: str = "") -> None:

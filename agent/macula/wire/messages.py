@@ -49,6 +49,8 @@ class MsgType(IntEnum):
     FIND_VALUE = 0x43
     FIND_VALUE_REPLY = 0x44
     STORE_REPLY = 0x45
+    DHT_PING = 0x46
+    DHT_PONG = 0x47
     # NAT traversal
     NAT_PROBE = 0x50
     NAT_PROBE_REPLY = 0x51
@@ -149,6 +151,7 @@ class Connect(NamedTuple):
     cert_sig: Annotated[bytes, Bytes(512, 1)]        # cert key over this connection
     chain: Annotated[tuple, ListOf(Bytes(16384, 1), 4)] = ()
     caps: Caps = ()
+    boot: Annotated[bytes, Bytes(16)] = b""       # random per process start (see PROTOCOL.md)
 
 
 @message(MsgType.CONNECTED)
@@ -163,6 +166,7 @@ class Connected(NamedTuple):
     identity_sig: Annotated[bytes, Bytes(64, 64)]
     observed: Addr                                  # the dialer's address as seen here
     caps: Caps = ()
+    boot: Annotated[bytes, Bytes(16)] = b""
 
 
 @message(MsgType.PING)
@@ -298,6 +302,14 @@ class SwimPingReq(NamedTuple):
 
 
 # ---- DHT ----------------------------------------------------------------------------
+# Requests carry a req_id the reply echoes; the requester only accepts a reply from the
+# node it asked. Keys are SHA-256(realm "\0" name) (macula.dht.ids.make_key).
+DHT_VALUE_MAX = 8192       # one record's value
+DHT_RECORDS_MAX = 128      # records per message; senders also keep to a byte budget
+RECORD = Struct(Bytes(32, 32), Bytes(DHT_VALUE_MAX), U32)  # publisher, value, ttl left (s)
+DhtRecords = Annotated[tuple, ListOf(RECORD, DHT_RECORDS_MAX)]
+
+
 @message(MsgType.FIND_NODE)
 class FindNode(NamedTuple):
     req_id: ReqId
@@ -307,23 +319,24 @@ class FindNode(NamedTuple):
 @message(MsgType.FIND_NODE_REPLY)
 class FindNodeReply(NamedTuple):
     req_id: ReqId
-    nodes: Contacts
+    nodes: Contacts            # the replier's closest to the target, at most k
 
 
 @message(MsgType.STORE)
 class Store(NamedTuple):
+    """Upsert provider records under ``key``, one per publisher. A record whose
+    publisher is the sender is authoritative (ttl 0 withdraws it); any other is a
+    replica and only replaces a copy that expires earlier."""
     req_id: ReqId
     key: Key256
-    publisher: NodeId
-    value: Annotated[bytes, Bytes(65536)]
-    ttl: Annotated[int, U32]
+    records: DhtRecords
 
 
 @message(MsgType.STORE_REPLY)
 class StoreReply(NamedTuple):
     req_id: ReqId
     ok: Annotated[bool, Bool()]
-    code: Annotated[Any, Opt(U16)] = None
+    code: Annotated[Any, Opt(U16)] = None   # ErrorCode when refused
 
 
 @message(MsgType.FIND_VALUE)
@@ -332,14 +345,22 @@ class FindValue(NamedTuple):
     key: Key256
 
 
-RECORD = Struct(Bytes(32, 32), Bytes(65536), U32)  # publisher, value, ttl left (s)
-
-
 @message(MsgType.FIND_VALUE_REPLY)
 class FindValueReply(NamedTuple):
     req_id: ReqId
-    records: Annotated[tuple, ListOf(RECORD, 256)]
-    nodes: Contacts = ()
+    records: DhtRecords        # live records held for the key (may be a random subset)
+    nodes: Contacts = ()       # closest to the key, so the lookup can go on
+
+
+@message(MsgType.DHT_PING)
+class DhtPing(NamedTuple):
+    """Liveness probe of the oldest contact of a full bucket before evicting it."""
+    req_id: ReqId
+
+
+@message(MsgType.DHT_PONG)
+class DhtPong(NamedTuple):
+    req_id: ReqId
 
 
 # ---- NAT traversal ------------------------------------------------------------------
