@@ -18,12 +18,13 @@ TEST_LIMITS = {"max_peers": 64, "max_clients": 64, "max_frame_bytes": 1 << 20,
                "send_buffer_bytes": 1 << 20, "pinned_peers": 256, "bad_frames_per_minute": 5,
                "udp_receive_buffer_bytes": 1 << 20, "handshakes_per_second": 1000,
                "cache_entries": 1024, "dht_storage_entries": 10000, "dht_storage_bytes": 1 << 24,
-               "agent_memory_mib": 256}
+               "agent_memory_mib": 256, "gossip_fanout": 3, "gossip_interval": 0.5}
 
 
 def node_config(state_dir: Path, name: str, *, realm: str = "test", seeds: tuple[str, ...] = (),
                 port: int = 0, tls: dict | None = None, limits: dict | None = None,
-                dht: dict | None = None, control: bool = False, **timeouts):
+                dht: dict | None = None, cluster: dict | None = None, control: bool = False,
+                **timeouts):
     base = load_config(system_file=False, env={}, limits={**TEST_LIMITS, **(limits or {})},
                        hw_profile="test")
     t = {"keepalive": 1.0, "reconnect_base": 0.05, "reconnect_cap": 0.5, "connect": 5.0,
@@ -33,7 +34,8 @@ def node_config(state_dir: Path, name: str, *, realm: str = "test", seeds: tuple
         node["runtime_dir"] = str(state_dir / "run")
     return replace(base, node=node,
                    network={"listen_host": "127.0.0.1", "listen_port": port, "seeds": seeds},
-                   tls=tls or {}, timeouts=t, dht={"rpc_timeout": 1.0, **(dht or {})})
+                   tls=tls or {}, timeouts=t, dht={"rpc_timeout": 1.0, **(dht or {})},
+                   cluster=cluster or {})
 
 
 async def start_node(tmp: Path, name: str, **kw) -> Node:

@@ -82,6 +82,7 @@ class Node:
         self.dht = None
         self.pubsub = None
         self.rpc = None
+        self.cluster = None
         self.listen_address: tuple[str, int] | None = None
         self.peer_listeners: list[Callable[[str, Session], None]] = []
 
@@ -146,9 +147,11 @@ class Node:
                  cfg.tls.mode, len(cfg.network.seeds))
 
     def _caps(self) -> tuple[str, ...]:
+        from macula.cluster import cluster_cap
         from macula.dht.ids import CLIENT_CAP
 
-        return ("node", CLIENT_CAP) if self.cfg.dht.mode == "client" else ("node",)
+        caps = ("node", CLIENT_CAP) if self.cfg.dht.mode == "client" else ("node",)
+        return caps + (cluster_cap(self.cfg.cluster.name),)
 
     def _start_services(self) -> None:
         from macula.dht.config import DhtConfig
@@ -176,6 +179,10 @@ class Node:
         self.rpc.providers = DhtProviders(self.rpc, self.dht, cache_entries=lim.cache_entries,
                                           advertise_ttl=self.cfg.dht.record_ttl)
         self.rpc.attach()
+        from macula.cluster import ClusterService, ClusterSettings
+
+        self.cluster = ClusterService(self, ClusterSettings.from_config(self.cfg))
+        self.cluster.attach()
 
     async def _housekeep(self) -> None:
         from macula.runtime.memory import TRIM_INTERVAL, trim_heap
@@ -193,6 +200,8 @@ class Node:
         if self._metrics is not None:
             await self._metrics.stop()
             self._metrics = None
+        if self.cluster is not None:
+            await self.cluster.stop()  # goodbyes go out with the pool's drain
         if self.dht is not None:
             await self.dht.shutdown(self.cfg.timeouts.shutdown)  # withdraw our records
         if self.pool is not None:

@@ -197,6 +197,40 @@ def test_split_pieces_join_back_in_any_order(model: Model) -> None:
     check()
 
 
+CAUSAL = [m for m in MODELS if m.name == "orset" or m.name.startswith("ormap")]
+
+
+@pytest.mark.parametrize("model", CAUSAL, ids=repr)
+def test_news_joins_like_the_whole_state_and_is_bottom_when_nothing_is_new(model: Model) -> None:
+    @SETTINGS
+    @given(history_and_picks(model))
+    def check(sample: tuple) -> None:
+        _, (a, b, c) = sample
+        news = a.news(b)
+        news = type(news).from_wire(wire_round_trip(news.to_wire()))   # a valid state
+        assert merged(a, news) == merged(a, b)
+        assert news.is_bottom() == (merged(a, b) == a)
+        # what a third replica learns from the news is no more than from the whole state
+        assert merged(merged(c, news), b) == merged(c, b)
+        assert merged(a, b).news(b).is_bottom()
+    check()
+
+
+@SETTINGS
+@given(st.lists(st.tuples(st.sampled_from(REPLICAS), st.integers(1, 40)), max_size=30),
+       st.lists(st.tuples(st.sampled_from(REPLICAS), st.integers(1, 40)), max_size=30))
+def test_context_difference_is_set_difference(a: list, b: list) -> None:
+    ca, cb = DotContext.of(a), DotContext.of(b)
+    diff = ca.difference(cb)
+    assert {d for d in set(a) if d in diff} == set(a) - set(b)
+    assert not any(d in diff for d in b)
+    back = diff.copy()
+    back.join(cb)
+    joined = ca.copy()
+    joined.join(cb)
+    assert back == joined
+
+
 # ---- garbage in, typed error out ----------------------------------------------------
 MSGPACK_VALUES = st.recursive(
     st.one_of(st.none(), st.booleans(), st.integers(-2**64, 2**64), st.floats(allow_nan=True),

@@ -126,6 +126,38 @@ def test_pull_on_reconnect_catches_up_without_waiting_for_anti_entropy() -> None
     assert converged(net, [a, b]) and len(net.cores[b].replica("services")) == 30
 
 
+def test_a_peer_is_added_with_a_pull_a_two_way_sync_or_just_an_announcement() -> None:
+    net, (a, b) = make_net(2, seed=7, connect=False, anti_entropy_interval=1000.0)
+    for node, element in ((a, "from-a"), (b, "from-b")):
+        net.cores[node].update("services", lambda s, e=element, n=node: s.add(replica_id(n), e), net.now)
+    net.run_for(2.0)                 # no peers: nothing is kept in the logs
+    net.cores[a].peer_connected(b, None, net.now, "none")
+    [(_, hello)] = net.cores[a].messages_to_send()
+    assert isinstance(hello, GossipPush) and hello.entries == ()
+    net.cores[b].peer_connected(a, None, net.now, "none")
+    net.drain(b)
+    net.run_for(1.0)
+    assert net.cores[a].replica("services").value() == {"from-a"}   # announced: nothing moved
+    net.cores[a].peer_connected(b, None, net.now, "both")
+    net.drain(a)
+    net.run_for(1.0)
+    assert all(net.cores[n].replica("services").value() == {"from-a", "from-b"} for n in (a, b))
+
+
+def test_what_a_pull_brings_is_pushed_on_to_other_peers() -> None:
+    net, (a, b, c) = make_net(3, seed=8, connect=False, anti_entropy_interval=1000.0)
+    net.cores[b].update("services", lambda s: s.add(replica_id(b), "old"), net.now)
+    net.run_for(2.0)
+    for x, y in ((a, c), (c, a)):     # c gossips with a only
+        net.cores[x].peer_connected(y, None, net.now, "none")
+        net.drain(x)
+    net.run_for(1.0)
+    net.connect(a, b)                 # a pulls b's state, which its log never held
+    net.run_for(1.0)
+    assert net.cores[c].replica("services").value() == {"old"}
+    assert net.cores[a].stats.pushes_sent >= 1
+
+
 def test_anti_entropy_repairs_divergence_and_sends_only_what_differs() -> None:
     net, (a, b) = make_net(2, seed=7, anti_entropy_interval=30.0)
     net.cores[a].update("meta", lambda m: m.update(replica_id(a), "k",

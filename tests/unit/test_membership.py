@@ -125,6 +125,77 @@ def test_both_sides_of_a_healed_partition_find_each_other_again() -> None:
     print(f"partition healed: full membership again after {took:.0f} s (no new sessions needed)")
 
 
+def test_a_member_held_dead_hears_so_from_whoever_it_talks_to_and_refutes_at_once() -> None:
+    net, ids = make_cluster(4, seed=12)
+    run_until_true(net, lambda: full_views(net, ids, set(ids)), limit=20)
+    ghost, other = ids[3], ids[1]
+    net.down.add(ghost)
+    run_until_true(net, lambda: net.cores[other].state_of(ghost) == State.DEAD, limit=60)
+    net.down.discard(ghost)
+    # any message from it (here: what the cluster edge reports for a gossip message)
+    # gets its tombstone straight back, whatever the broadcast queue still holds
+    net.cores[other].heard_from(ghost, net.now)
+    reply = [m for d, m in net.cores[other].messages_to_send() if d == ghost]
+    assert [u[:2] for m in reply for u in m.updates] == [(ghost, State.DEAD)]
+    net.deliver(other, ghost, reply[0])
+    assert net.cores[ghost].incarnation >= 1 and net.cores[ghost].stats.refutations == 1
+    net.run_for(0.1)
+    assert net.cores[other].state_of(ghost) == State.ALIVE
+
+
+def test_old_news_of_a_death_is_answered_with_the_newer_incarnation_once() -> None:
+    net, ids = make_cluster(3, seed=14)
+    run_until_true(net, lambda: full_views(net, ids, set(ids)), limit=20)
+    a, b = ids[0], ids[1]
+    net.cores[b].incarnation = 2             # b refuted twice while a was not listening
+    dead = (b, int(State.DEAD), 1, None, None)
+    net.cores[a].handle_message(ids[2], SwimAck(0, (dead,)), net.now)
+    net.cores[a].messages_to_send()
+    assert net.cores[a].state_of(b) == State.DEAD
+    net.cores[a].heard_from(b, net.now)
+    net.cores[a].heard_from(b, net.now)      # its ack would do this: told once per period
+    told = [m for d, m in net.cores[a].messages_to_send() if d == b]
+    assert len(told) == 1 and [u[:3] for u in told[0].updates] == [dead[:3]]
+    net.cores[b].handle_message(a, told[0], net.now)   # old news: b answers, does not refute
+    answer = [m for d, m in net.cores[b].messages_to_send() if d == a and isinstance(m, SwimPing)]
+    assert net.cores[b].incarnation == 2 and answer[0].updates[0][:3] == (b, int(State.ALIVE), 2)
+    net.deliver(b, a, answer[0])
+    assert net.cores[a].state_of(b) == State.ALIVE
+
+
+def test_a_stranger_that_keeps_talking_to_us_is_asked_for_its_table() -> None:
+    a = SwimCore(node_id(0), ("10.0.0.0", 4433), random.Random(1))
+    a.heard_from(node_id(7), 0.0)       # its membership news may be on its way: wait
+    a.heard_from(node_id(7), 4.0)
+    assert not a.messages_to_send()
+    a.heard_from(node_id(7), 5.0)       # five probe periods on, still a stranger: ask
+    [(dest, msg)] = a.messages_to_send()
+    assert dest == node_id(7) and msg.sync and msg.updates[0][0] == node_id(0)
+    a.heard_from(node_id(8), 0.0)
+    a.heard_from(node_id(8), 6.0)       # one ask per probe period
+    assert not a.messages_to_send()
+    a.handle_timer(7.0)
+    a.messages_to_send()
+    a.heard_from(node_id(8), 7.0)
+    assert [d for d, m in a.messages_to_send() if m.sync] == [node_id(8)]
+    a.heard_from(node_id(0), 8.0)       # itself: nothing
+    assert not a.messages_to_send()
+
+
+def test_a_join_whose_first_messages_are_lost_is_retried_until_it_answers() -> None:
+    net = Net(13, delay=(0.002, 0.03))
+    a, b = node_id(0), node_id(1)
+    net.add(a, SwimCore(a, ("10.0.0.0", 4433), random.Random(1)))
+    net.add(b, SwimCore(b, ("10.0.0.1", 4433), random.Random(2)))
+    net.cut_link(a, b)
+    net.connect(b, a)             # both sync pings are lost
+    net.run_for(2.0)
+    assert not net.cores[a].members() and not net.cores[b].members()
+    net.heal_link(a, b)
+    took = run_until_true(net, lambda: full_views(net, [a, b], {a, b}), limit=5, step=0.1)
+    print(f"join retried: members {took:.1f} s after the link healed")
+
+
 def test_local_health_rises_when_this_node_cannot_reach_anyone_and_slows_its_probing() -> None:
     net, ids = make_cluster(6, seed=7)
     run_until_true(net, lambda: full_views(net, ids, set(ids)), limit=20)
@@ -172,6 +243,11 @@ def test_under_heavy_loss_a_falsely_failed_node_refutes_and_is_readmitted() -> N
     net.run_for(120.0)
     # 15% loss each way is past the design point: this seed sees false failures
     failed = {e.node_id for evs in net.events.values() for _, e in evs if isinstance(e, MemberFailed)}
+    for core in net.cores.values():   # the live count and the tombstone index kept up
+        table = core.table()
+        assert core._active_count() == 1 + len(core.members())
+        assert list(core._tombstones) == sorted(core._tombstones, key=core._tombstones.get)
+        assert set(core._tombstones) == {n for n, st in table.items() if st in (State.DEAD, State.LEFT)}
     net.loss = 0.0
     took = run_until_true(net, lambda: full_views(net, ids, set(ids)), limit=60)
     print(f"loss 15%: {len(failed)} node(s) falsely failed, all readmitted {took:.1f} s after loss stopped")

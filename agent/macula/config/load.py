@@ -175,6 +175,8 @@ def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = 
             raise ConfigError(f"tls.mode = 'production' needs {', '.join('tls.' + k for k in missing)}")
     if cfg.timeouts.reconnect_cap < cfg.timeouts.reconnect_base:
         raise ConfigError("timeouts.reconnect_cap: expected >= timeouts.reconnect_base")
+    if cfg.cluster.probe_timeout >= cfg.cluster.probe_interval:
+        raise ConfigError("cluster.probe_timeout: expected < cluster.probe_interval")
     return cfg
 
 

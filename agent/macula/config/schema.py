@@ -173,6 +173,57 @@ class LimitsConfig:
                                   int_range(64 << 10, 1 << 34))
     agent_memory_mib: int = _opt("memory budget of the agent itself (MemoryMax= covers it "
                                  "and the apps)", int_range(16, 1 << 20))
+    gossip_fanout: int = _opt("cluster members each gossip round pushes changes to",
+                              int_range(1, 64))
+    gossip_interval: float = _opt("seconds between gossip rounds (a local change goes out "
+                                  "at once, debounced; rounds repair what that missed)",
+                                  float_range(0.05, 60))
+
+
+CLUSTER_NAME_MAX = 24  # "cluster:" + name must fit a 32-character CONNECT capability
+
+
+def cluster_name(v: Any) -> None:
+    if not (NAME_RE.fullmatch(v) and len(v) <= CLUSTER_NAME_MAX):
+        raise ValueError(f"1-{CLUSTER_NAME_MAX} characters of A-Z a-z 0-9 . _ -, starting with "
+                         "a letter or digit")
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """The nodes of one realm with the same cluster name share membership and state
+    (services, subscriptions, node metadata) by gossip; see docs/CRDT.md."""
+    name: str = _opt("cluster this node belongs to; seeds should include a member of it",
+                     cluster_name, default="default")
+    max_members: int = _opt("members this node admits (itself included); capped at "
+                            "limits.max_peers, since members keep sessions to each other",
+                            int_range(2, 4096), default=64)
+    probe_interval: float = _opt("seconds between failure-detector probes (one member each)",
+                                 float_range(0.05, 60), default=1.0)
+    probe_timeout: float = _opt("seconds to wait for a probe's ack before asking others to "
+                                "probe; below probe_interval", float_range(0.01, 30),
+                                default=0.5)
+    suspicion_mult: int = _opt("a suspect is declared failed after at least this many probe "
+                               "intervals (times log10 of the cluster size)",
+                               int_range(1, 100), default=4)
+    sync_interval: float = _opt("seconds between full membership syncs with one live and one "
+                                "failed member (how the sides of a healed partition meet)",
+                                float_range(1, 3600), default=30.0)
+    gossip_peers: int = _opt("members each node picks to gossip with (those that pick it are "
+                             "added); a cluster of up to this + 1 nodes is a full mesh",
+                             int_range(1, 1024), default=4)
+    anti_entropy_interval: float = _opt("seconds between digest comparisons with one member",
+                                        float_range(1, 3600), default=30.0)
+    gc_grace: float = _opt("seconds a failed member's entries stay in the replicated state "
+                           "(hidden from every view at once) before they are deleted",
+                           float_range(1, 86400), default=60.0)
+    metadata_interval: float = _opt("seconds between checks of this node's load for its "
+                                    "metadata", float_range(1, 3600), default=10.0)
+    max_dials: int = _opt("dials to members in progress at once", int_range(1, 256), default=4)
+    max_entries_per_node: int = _opt("procedures plus subscription patterns one node may "
+                                     "publish to the cluster; more are not published or, "
+                                     "from others, not routed to", int_range(16, 1 << 20),
+                                     default=4096)
 
 
 @dataclass(frozen=True)
@@ -204,6 +255,7 @@ SECTIONS: dict[str, type] = {
     "tls": TlsConfig,
     "timeouts": TimeoutsConfig,
     "limits": LimitsConfig,
+    "cluster": ClusterConfig,
     "dht": DhtSection,
     "metrics": MetricsConfig,
 }
@@ -216,6 +268,7 @@ class Config:
     tls: TlsConfig
     timeouts: TimeoutsConfig
     limits: LimitsConfig
+    cluster: ClusterConfig
     dht: DhtSection
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     source: str = "embedded defaults"

@@ -173,6 +173,32 @@ class DotContext:
                 out._iv[replica] = rest
         return out
 
+    def difference(self, other: DotContext) -> DotContext:
+        """The dots of this context that ``other`` does not hold."""
+        out = DotContext()
+        for replica, ivs in self._iv.items():
+            theirs = other._iv.get(replica)
+            if not theirs:
+                out._iv[replica] = list(ivs)
+                continue
+            rest: Intervals = []
+            i = 0
+            for lo, hi in ivs:
+                while i < len(theirs) and theirs[i][1] < lo:
+                    i += 1
+                j = i
+                while lo <= hi and j < len(theirs) and theirs[j][0] <= hi:
+                    t_lo, t_hi = theirs[j]
+                    if t_lo > lo:
+                        rest.append((lo, t_lo - 1))
+                    lo = max(lo, t_hi + 1)
+                    j += 1
+                if lo <= hi:
+                    rest.append((lo, hi))
+            if rest:
+                out._iv[replica] = rest
+        return out
+
     def restrict(self, replicas: set[bytes]) -> None:
         """Forget every replica not in ``replicas`` (in place)."""
         for replica in [r for r in self._iv if r not in replicas]:

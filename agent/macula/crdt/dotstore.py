@@ -218,6 +218,32 @@ class Causal:
     def dots(self) -> Iterator[Dot]:
         return self._kind().dots(self.store)
 
+    def news(self, other: Causal) -> Causal:
+        """The part of ``other`` this state has not seen, as a state of its own.
+
+        Joining it here gives what joining ``other`` gives; it is bottom when ``other``
+        brings nothing. A replica that merges a whole state (a pull's answer) passes
+        this on, not the whole state. It holds: the leaves of ``other`` with a dot not
+        seen here; the dots of ``other``'s context not seen here; and the dots live here
+        that ``other`` has seen removed. Leaves carry all their dots in the context, so
+        it is a valid state anywhere.
+        """
+        self._check_compatible(other)
+        kind = self._kind()
+        seen = self.context
+        store = kind.new()
+        carried: list[Dot] = []
+        for path, leaf in kind.leaves(other.store):
+            dots = list(kind.leaf_dots(path, leaf))
+            if any(d not in seen for d in dots):
+                store = kind.insert(store, path, leaf)
+                carried.extend(dots)
+        live_there = set(kind.dots(other.store))
+        removed = [d for d in kind.dots(self.store) if d in other.context and d not in live_there]
+        context = other.context.difference(seen)
+        context.join(DotContext.of(carried + removed))
+        return self._new(store, context)
+
     # ---- wire ------------------------------------------------------------------------
     def _wire_header(self) -> list:
         return []

@@ -14,7 +14,9 @@ Three mechanisms, from fast and cheap to slow and thorough:
    full state instead.
 3. Digests. On connect each side pulls what differs; every ``anti_entropy_interval``
    one random peer gets our per-name digests and both sides exchange whole states
-   for the names that differ (split into pieces, each piece a valid state).
+   for the names that differ (split into pieces, each piece a valid state). What a
+   whole state brings that was new here (for causal types exactly that part, see
+   ``news``) is logged and pushed on like any delta.
 """
 
 from __future__ import annotations
@@ -145,14 +147,27 @@ class GossipCore:
         return len(self._log), self._log.bytes
 
     # ---- the core shape ---------------------------------------------------------------
-    def peer_connected(self, node_id: bytes, addr: Any, now: float) -> None:
+    def peer_connected(self, node_id: bytes, addr: Any, now: float, exchange: str = "pull") -> None:
+        """Gossip with ``node_id`` from now on, and start with ``exchange``:
+
+        - "pull": ask for the states that differ (a session came up: both sides do it);
+        - "both": send our digests as anti-entropy does, so each side pulls what only
+          the other has (a link only this side knows of, to a peer that may be far
+          behind or ahead, e.g. back from a partition);
+        - "none": an empty PUSH that tells the peer we gossip with it; its ACK says
+          what it has. For peers that membership introduced: pulling from every one
+          while a large cluster forms would move whole states many times over.
+        """
         self._start(now)
         if node_id not in self._peers and len(self._peers) >= self.max_peers:
             self.stats.peers_refused += 1
             return
         self._peers[node_id] = _Peer()
-        if self._replicas:
-            self._send(node_id, GossipPull(self._digest_list(self._replicas)))
+        if exchange == "none":
+            self._send(node_id, GossipPush(self._next_seq(), (), self._known_wire()))
+        elif self._replicas:
+            digests = self._digest_list(self._replicas)
+            self._send(node_id, GossipDigest(digests) if exchange == "both" else GossipPull(digests))
 
     def peer_disconnected(self, node_id: bytes, now: float) -> None:
         if self._peers.pop(node_id, None) is not None:
@@ -269,8 +284,23 @@ class GossipCore:
             if replica is not None:
                 pieces.append((name, type(replica).from_wire(wire)))
         claim = DotContext.from_wire(msg.known) if msg.last else None
+        forwarded = False
         for name, state in pieces:
-            self._merge(sender, name, state)
+            # what a whole state taught us is passed on as a delta, like pushed news;
+            # a peer that linked to us before we got it would otherwise never see it
+            try:
+                news = self._replicas[name].news(state) if hasattr(state, "news") else state
+            except ProtocolError as exc:
+                self._reject(sender, exc)
+                continue
+            if self._merge(sender, name, state) and not news.is_bottom():
+                for piece in news.split(self._piece_bytes):
+                    ids = DotContext()
+                    ids.add(self._seen.next_dot(self.replica_id))
+                    self._append(ids, name, piece.to_wire())
+                forwarded = True
+        if forwarded:
+            self._flush_soon(now)
         if claim is not None:
             # all pieces are in: we now hold everything the sender had merged
             self._seen.join(claim)

@@ -49,6 +49,11 @@ class State(IntEnum):
 
 ACTIVE = (State.ALIVE, State.SUSPECT)
 NACK_FRACTION = 0.8
+JOIN_ATTEMPTS = 8       # sync pings to a new contact, one per probe period, until it answers
+MAX_JOINING = 16        # contacts being joined through at once
+STRANGER_PERIODS = 5    # probe periods a non-member may talk to us before we ask its table
+MAX_STRANGERS = 64
+_STATES = tuple(State)
 
 
 @dataclass(slots=True)
@@ -111,9 +116,15 @@ class SwimCore:
         self.incarnation = 0
         self._rng = rng
         self._members: dict[bytes, Member] = {}
+        self._active = 0                          # members alive or suspect (not this node)
+        self._tombstones: dict[bytes, float] = {}  # dead or left -> since, in that order
         self._broadcasts = Broadcasts(max_broadcasts)
         self._suspicions: dict[bytes, Suspicion] = {}
         self._relays: dict[int, _Relay] = {}
+        self._joining: dict[bytes, int] = {}    # contact -> sync pings left to send
+        self._strangers: dict[bytes, float] = {}   # non-members that talked to us -> since
+        self._told_dead: set[bytes] = set()        # told of their death this probe period
+        self._stranger_budget = True               # one table asked of them per probe period
         self._probe: _Probe | None = None
         self._order: list[bytes] = []
         self._awareness = 0
@@ -136,6 +147,11 @@ class SwimCore:
         """Members believed alive (suspects included), without this node."""
         return {m.node_id: m.addr for m in self._members.values() if m.state in ACTIVE}
 
+    def table(self) -> dict[bytes, State]:
+        """Every member held, failed and departed ones included while their tombstones
+        last (without this node)."""
+        return {m.node_id: m.state for m in self._members.values()}
+
     def state_of(self, node_id: bytes) -> State | None:
         m = self._members.get(node_id)
         return None if m is None else m.state
@@ -148,11 +164,15 @@ class SwimCore:
     # ---- the core shape ---------------------------------------------------------------
     def peer_connected(self, node_id: bytes, addr: Addr, now: float) -> None:
         """A session came up (a seed, or a member dialled us): sync tables unless it is
-        a member we already consider alive."""
+        a member we already consider alive. The sync is repeated each probe period
+        until the node is a live member (a lost message must not strand a joiner)."""
         self._start(now)
         m = self._members.get(node_id)
         if m is None or m.state not in ACTIVE:
             self._send(node_id, SwimPing(self._next_seq(), self._updates(first_self=True), sync=True))
+            if node_id not in self._joining and len(self._joining) >= MAX_JOINING:
+                del self._joining[next(iter(self._joining))]
+            self._joining[node_id] = JOIN_ATTEMPTS - 1
 
     def peer_disconnected(self, node_id: bytes, now: float) -> None:
         """Sessions come and go; only probes decide whether a member is alive."""
@@ -182,8 +202,45 @@ class SwimCore:
             elif isinstance(msg, SwimPingReq):
                 self._apply_all(sender, msg.updates, now)
                 self._on_ping_req(sender, msg, now)
+            else:
+                return
         except ProtocolError:
             self.stats.rejected += 1
+            return
+        if not (isinstance(msg, SwimPing) and msg.sync):   # a sync is answered with the table
+            self.heard_from(sender, now)
+
+    def heard_from(self, node_id: bytes, now: float) -> None:
+        """``node_id`` talked to us (any protocol): if it is not a live member here, it
+        learns where it stands.
+
+        One we hold dead or departed gets that news at once (once per probe period), so
+        it refutes now (after a healed partition, say) instead of when a periodic sync
+        happens to tell it; if it already has, it answers with its newer incarnation. A
+        stranger is asked for its table, which carries its own alive update, if it is
+        still a stranger STRANGER_PERIODS probe periods after we first heard from it:
+        one forgotten on both sides of a long partition has no other way back, while
+        in a cluster that is forming, nearly every contact is a stranger whose news is
+        on its way anyway, and a table is O(members). At most one ask per probe period.
+        """
+        self._start(now)
+        if self._leaving or node_id == self.node_id:
+            return
+        m = self._members.get(node_id)
+        if m is None:
+            first = self._strangers.get(node_id)
+            if first is None:
+                self._strangers[node_id] = now
+                if len(self._strangers) > MAX_STRANGERS:
+                    del self._strangers[next(iter(self._strangers))]
+            elif (now - first >= STRANGER_PERIODS * self.probe_interval and self._stranger_budget
+                  and len(self._members) < self.max_members):
+                self._stranger_budget = False
+                del self._strangers[node_id]   # asked; counted afresh if it stays one
+                self._send(node_id, SwimPing(self._next_seq(), self._updates(first_self=True), sync=True))
+        elif m.state not in ACTIVE and node_id not in self._told_dead:
+            self._told_dead.add(node_id)   # once per probe period: its answer may be an ack
+            self._send(node_id, SwimPing(self._next_seq(), (m.update(),)))
 
     def handle_timer(self, now: float) -> None:
         self._start(now)
@@ -198,12 +255,17 @@ class SwimCore:
             self._finish_probe(now)
             if not self._leaving:
                 self._start_probe(now)
+                self._retry_joins()
+                self._ping_the_dead()
+            self._stranger_budget = True
             self._next_probe = now + self._scaled(self.probe_interval)
         for node in [n for n, s in self._suspicions.items() if s.deadline <= now]:
             self._declare_dead(node, now)
-        for m in [m for m in self._members.values()
-                  if m.state not in ACTIVE and m.since + self.dead_retention <= now]:
-            del self._members[m.node_id]
+        while self._tombstones:
+            node, since = next(iter(self._tombstones.items()))
+            if since + self.dead_retention > now:
+                break
+            del self._tombstones[node], self._members[node]
         if now >= self._next_sync:
             self._next_sync = now + self.sync_interval
             if not self._leaving:
@@ -222,7 +284,8 @@ class SwimCore:
             times.append(self._probe.timeout_at)
         times.extend(r.deadline for r in self._relays.values())
         times.extend(s.deadline for s in self._suspicions.values())
-        times.extend(m.since + self.dead_retention for m in self._members.values() if m.state not in ACTIVE)
+        if self._tombstones:
+            times.append(next(iter(self._tombstones.values())) + self.dead_retention)
         return min(times)
 
     def messages_to_send(self) -> list[tuple[bytes, Any]]:
@@ -264,6 +327,27 @@ class SwimCore:
         self._probe = _Probe(target, seq, now + self._scaled(self.probe_timeout))
         self.stats.probes += 1
         self._send(target, SwimPing(seq, self._updates(first=target)))
+
+    def _ping_the_dead(self) -> None:
+        """Tell one member we hold dead so, each probe period while its tombstone lasts
+        (memberlist's gossip to the dead). If it is alive after all, it refutes at
+        once: after a healed partition two members can each hold the other dead, and
+        then neither probes the other."""
+        self._told_dead.clear()
+        dead = [n for n in self._tombstones if self._members[n].state == State.DEAD]
+        if dead:
+            m = self._members[self._rng.choice(dead)]
+            self._told_dead.add(m.node_id)
+            self._send(m.node_id, SwimPing(self._next_seq(), (m.update(),)))
+
+    def _retry_joins(self) -> None:
+        for node_id, left in list(self._joining.items()):
+            m = self._members.get(node_id)
+            if (m is not None and m.state in ACTIVE) or left == 0:
+                del self._joining[node_id]
+                continue
+            self._joining[node_id] = left - 1
+            self._send(node_id, SwimPing(self._next_seq(), self._updates(first_self=True), sync=True))
 
     def _indirect_probe(self, probe: _Probe) -> None:
         helpers = self._pick(self.indirect_checks, exclude=(probe.target,), alive_only=True)
@@ -313,7 +397,7 @@ class SwimCore:
 
     # ---- state changes ----------------------------------------------------------------
     def _active_count(self) -> int:
-        return 1 + sum(1 for m in self._members.values() if m.state in ACTIVE)
+        return 1 + self._active
 
     def _suspect(self, m: Member, suspector: bytes, now: float) -> None:
         """Start a suspicion of ``m`` (alive), or count ``suspector``'s confirmation."""
@@ -338,7 +422,15 @@ class SwimCore:
             self._broadcasts.add(m.update())
 
     def _set_state(self, m: Member, state: State, now: float, event: MemberEvent | None) -> None:
+        was_active = m.state in ACTIVE
         m.state, m.since = state, now
+        if state in ACTIVE:
+            if not was_active:
+                self._active += 1
+                self._tombstones.pop(m.node_id, None)
+        elif was_active:
+            self._active -= 1
+            self._tombstones[m.node_id] = now   # deaths come in time order: stays sorted
         if state != State.SUSPECT:
             self._suspicions.pop(m.node_id, None)
         if event is not None:
@@ -348,12 +440,16 @@ class SwimCore:
         for node, state, incarnation, addr, suspected_by in updates:
             if state > State.LEFT:
                 raise ProtocolError(f"member state {state} unknown", code=ErrorCode.BAD_FIELD)
+            state = _STATES[state]   # the wire checked it is a u8; not State(state): slow
             if node == self.node_id:
-                if self._refute(State(state), incarnation):
+                if self._refute(state, incarnation):
                     # tell the one who said so now: it may see us as dead and never ask
                     self._send(sender, SwimPing(self._next_seq(), self._updates(first=self.node_id)))
+                elif state != State.ALIVE and incarnation < self.incarnation and not self._leaving:
+                    # old news: we refuted it already, but the sender missed that
+                    self._send(sender, SwimPing(self._next_seq(), (self._self_update(),)))
             else:
-                self._apply(node, State(state), incarnation, addr, suspected_by, now)
+                self._apply(node, state, incarnation, addr, suspected_by, now)
 
     def _apply(self, node: bytes, state: State, inc: int, addr: Addr, suspected_by: bytes | None,
                now: float) -> None:
@@ -367,6 +463,7 @@ class SwimCore:
                 self.stats.members_refused += 1
                 return
             m = self._members[node] = Member(node, State.ALIVE, inc, addr, now)
+            self._active += 1
             self._emit(MemberJoined(node, addr))
             self._broadcasts.add(m.update())
             return
@@ -407,10 +504,10 @@ class SwimCore:
         return True
 
     def _evict_tombstone(self) -> bool:
-        dead = [m for m in self._members.values() if m.state not in ACTIVE]
-        if not dead:
+        if not self._tombstones:
             return False
-        del self._members[min(dead, key=lambda m: m.since).node_id]
+        oldest = next(iter(self._tombstones))
+        del self._tombstones[oldest], self._members[oldest]
         return True
 
     # ---- messages ---------------------------------------------------------------------

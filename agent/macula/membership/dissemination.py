@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from bisect import bisect_left, insort
 from typing import Any
 
 Update = tuple  # (node_id, state, incarnation, addr | None, suspected_by | None): wire MEMBER_UPDATE
@@ -11,34 +12,62 @@ Update = tuple  # (node_id, state, incarnation, addr | None, suspected_by | None
 class Broadcasts:
     """Updates waiting to ride on outgoing messages, at most one per member.
 
-    The least transmitted go first, so news overtakes old news; each is sent a bounded
-    number of times (about retransmit_mult * log10(n)), enough for an epidemic to reach
-    everyone with high probability. At the bound, the most transmitted one is dropped.
+    The least transmitted go first, so news overtakes old news, and among those the
+    newest; each is sent a bounded number of times (about retransmit_mult * log10(n)),
+    enough for an epidemic to reach everyone with high probability. At the bound, the
+    most transmitted (the oldest among those) is dropped.
+
+    Kept in buckets by transmit count, each sorted by age, so taking a few updates for
+    a message does not sort the whole queue (a large cluster joining fills it).
     """
 
     def __init__(self, max_items: int) -> None:
         self.max_items = max_items
-        self._items: dict[bytes, list[Any]] = {}   # node_id -> [update, transmits, age]
+        self._where: dict[bytes, tuple[int, int, Update]] = {}   # node -> (transmits, age, update)
+        self._buckets: list[list[tuple[int, bytes]]] = [[]]      # transmits -> [(age, node)] by age
         self._age = 0
 
     def __len__(self) -> int:
-        return len(self._items)
+        return len(self._where)
 
     def add(self, update: Update) -> None:
+        node = update[0]
+        if node in self._where:
+            self._unlink(node)
         self._age += 1
-        self._items[update[0]] = [update, 0, self._age]
-        if len(self._items) > self.max_items:
-            stalest = max(self._items.values(), key=lambda item: (item[1], -item[2]))
-            del self._items[stalest[0][0]]
+        self._where[node] = (0, self._age, update)
+        self._buckets[0].append((self._age, node))   # the newest: sorted by age still
+        if len(self._where) > self.max_items:
+            stalest = next(b for b in reversed(self._buckets) if b)[0][1]
+            self._unlink(stalest)
 
     def take(self, n: int, limit: int, first: bytes | None = None) -> list[Update]:
         """Up to ``n`` updates for one message, ``first``'s update (if queued) leading."""
-        chosen = sorted(self._items.values(), key=lambda item: (item[0][0] != first, item[1], -item[2]))[:n]
-        for item in chosen:
-            item[1] += 1
-            if item[1] >= limit:
-                del self._items[item[0][0]]
-        return [item[0] for item in chosen]
+        chosen = [first] if first is not None and first in self._where else []
+        for bucket in self._buckets:
+            for _, node in reversed(bucket):           # newest first
+                if len(chosen) == n:
+                    break
+                if node != first:
+                    chosen.append(node)
+            if len(chosen) == n:
+                break
+        out = []
+        for node in chosen:
+            transmits, age, update = self._unlink(node)
+            out.append(update)
+            if transmits + 1 < limit:
+                self._where[node] = (transmits + 1, age, update)
+                if len(self._buckets) == transmits + 1:
+                    self._buckets.append([])
+                insort(self._buckets[transmits + 1], (age, node))
+        return out
+
+    def _unlink(self, node: bytes) -> tuple[int, int, Update]:
+        transmits, age, update = self._where.pop(node)
+        bucket = self._buckets[transmits]
+        del bucket[bisect_left(bucket, (age, node))]
+        return transmits, age, update
 
 
 def retransmit_limit(mult: int, n: int) -> int:

@@ -1,0 +1,458 @@
+"""The cluster on a node (edge): drives the ClusterCore over real sessions.
+
+- Every SWIM and gossip message from a node of this cluster (its CONNECT caps carry
+  ``cluster:<name>``) goes to the core; the same types from anyone else are ignored.
+- The core's timers run on one loop TimerHandle, re-armed from ``get_timer()`` after
+  every call into the core: nothing polls.
+- What the core sends goes on the destination's session. A member without one is
+  dialled at the address membership gives for it, at most ``max_dials`` at once; its
+  messages wait (bounded) for the dial. A failed dial is reported to the core and the
+  member is not dialled again before a backoff. Nor is one dialled while the pool is
+  full: that would evict another peer, which the cluster would dial back.
+- A member suspected or declared failed has its session closed if that session has
+  been silent for two probe periods: a QUIC connection that lived through a partition
+  may be one the peer has already closed, or sit in loss-recovery backoff, long after
+  the network heals; a fresh dial does neither. A member falsely failed that still
+  talks to us keeps its session.
+- ``stop()`` tells every member this node leaves (before the pool's GOAWAYs).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import socket
+import time
+from collections import deque
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple
+
+from macula import __version__
+from macula.cluster.core import GOSSIP_TYPES, SWIM_TYPES, ClusterCore
+from macula.cluster.events import ProvidersChanged, StateChanged, SubscriptionsChanged
+from macula.errors import ConfigError, ErrorCode, SessionRefused
+from macula.gossip import MIN_MESSAGE_BYTES
+from macula.membership import (
+    MemberFailed, MemberJoined, MemberLeft, MemberRecovered, MemberSuspected,
+)
+from macula.pubsub.router import RemotePattern
+from macula.runtime.backoff import Backoff
+from macula.transport.session import Session
+from macula.wire import encode
+
+if TYPE_CHECKING:
+    from macula.config import Config
+    from macula.node import Node
+
+log = logging.getLogger("macula.cluster")
+
+WAITING_PER_MEMBER = 64          # messages held for a member while it is dialled
+MAX_GOSSIP_MESSAGE = 64 * 1024   # gossip's own default; far below the frame cap
+_UNSPECIFIED = ("0.0.0.0", "::", "")
+
+
+def cluster_cap(name: str) -> str:
+    """The CONNECT capability naming a node's cluster."""
+    return f"cluster:{name}"
+
+
+class ClusterMember(NamedTuple):
+    node_id: bytes
+    name: str
+    address: tuple[str, int] | None
+    state: str                    # "alive", "suspect", "dead" or "left"
+
+
+@dataclass(frozen=True)
+class ClusterSettings:
+    name: str = "default"
+    max_members: int = 64
+    probe_interval: float = 1.0
+    probe_timeout: float = 0.5
+    suspicion_mult: int = 4
+    sync_interval: float = 30.0
+    anti_entropy_interval: float = 30.0
+    gc_grace: float = 60.0
+    metadata_interval: float = 10.0
+    max_dials: int = 4
+    max_entries_per_node: int = 4096
+    gossip_interval: float = 1.0
+    gossip_fanout: int = 3
+    gossip_peers: int = 4
+    max_message_bytes: int = MAX_GOSSIP_MESSAGE
+    dial_backoff_base: float = 0.5
+    dial_backoff_cap: float = 30.0
+
+    @classmethod
+    def from_config(cls, cfg: "Config") -> "ClusterSettings":
+        c, lim = cfg.cluster, cfg.limits
+        message = min(MAX_GOSSIP_MESSAGE, lim.max_frame_bytes)
+        if message < MIN_MESSAGE_BYTES:
+            raise ConfigError(f"limits.max_frame_bytes: the cluster needs at least "
+                              f"{MIN_MESSAGE_BYTES}, got {lim.max_frame_bytes}")
+        return cls(name=c.name, max_members=min(c.max_members, lim.max_peers + 1),
+                   probe_interval=c.probe_interval, probe_timeout=c.probe_timeout,
+                   suspicion_mult=c.suspicion_mult, sync_interval=c.sync_interval,
+                   anti_entropy_interval=c.anti_entropy_interval, gc_grace=c.gc_grace,
+                   metadata_interval=c.metadata_interval, max_dials=c.max_dials,
+                   max_entries_per_node=c.max_entries_per_node,
+                   gossip_interval=lim.gossip_interval, gossip_fanout=lim.gossip_fanout,
+                   gossip_peers=c.gossip_peers,
+                   max_message_bytes=message, dial_backoff_base=cfg.timeouts.reconnect_base,
+                   dial_backoff_cap=cfg.timeouts.reconnect_cap)
+
+
+def reachable_address(listen: tuple[str, int], seeds: list[tuple[str, int]]) -> tuple[str, int]:
+    """Where members should dial us. A wildcard listen host is replaced by the source
+    address the kernel would use towards the first seed (no packet is sent)."""
+    host, port = listen
+    if host not in _UNSPECIFIED or not seeds:
+        return host, port
+    family = socket.AF_INET6 if ":" in seeds[0][0] else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as probe:
+            probe.connect(seeds[0])
+            return probe.getsockname()[0], port
+    except OSError:
+        return host, port
+
+
+class ClusterService:
+    def __init__(self, node: "Node", settings: ClusterSettings,
+                 rng: random.Random | None = None) -> None:
+        assert node.pool is not None and node.endpoint is not None
+        self.node = node
+        self.settings = settings
+        self.cap = cluster_cap(settings.name)
+        self._loop = node.endpoint.loop
+        self._rng = rng or random.Random(os.urandom(16))
+        s = settings
+        addr = reachable_address(node.pool.cfg.listen or node.listen_address,
+                                 node.cfg.seed_addresses())
+        # a fresh replica per boot: peers must never take new writes for ones already seen
+        self.core = ClusterCore(
+            node.node_id, addr, node.node_id + os.urandom(8), self._rng,
+            lambda now: int(time.time() * 1000), max_members=s.max_members,
+            max_entries_per_node=s.max_entries_per_node, probe_interval=s.probe_interval,
+            probe_timeout=s.probe_timeout, suspicion_mult=s.suspicion_mult,
+            sync_interval=s.sync_interval, gossip_interval=s.gossip_interval,
+            fanout=s.gossip_fanout, gossip_peers=s.gossip_peers,
+            anti_entropy_interval=s.anti_entropy_interval,
+            max_message_bytes=s.max_message_bytes, gc_grace=s.gc_grace)
+        self._subscription_listeners: list[Callable[[dict[bytes, tuple[RemotePattern, ...]]], None]] = []
+        self._provider_listeners: list[Callable[[dict[str, list[bytes]]], None]] = []
+        self._state_listeners: list[Callable[[str], None]] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._metadata_timer: asyncio.TimerHandle | None = None
+        self._metadata: dict[str, Any] = {}
+        self._extra: dict[str, Any] = {}
+        self._waiting: dict[bytes, deque[bytes]] = {}
+        self._backoff: dict[bytes, tuple[float, Backoff]] = {}   # member -> (retry at, backoff)
+        self._dial_slots = asyncio.Semaphore(s.max_dials)
+        self._tasks: set[asyncio.Task] = set()
+        self._stopped = False
+        self.stats = {"messages_sent": 0, "messages_received": 0, "bytes_sent": 0,
+                      "bytes_received": 0, "dials": 0, "dial_failures": 0, "send_dropped": 0,
+                      "waiting_dropped": 0, "foreign": 0, "callback_errors": 0}
+
+    # ---- lifecycle ----------------------------------------------------------------------
+    def attach(self) -> None:
+        node = self.node
+        for cls in SWIM_TYPES | GOSSIP_TYPES:
+            node.on(cls, self._on_message)
+        node.peer_listeners.append(self._on_peer)
+        now = self._loop.time()
+        self._metadata = self._compose_metadata(self._extra)
+        self.core.set_metadata(self._metadata, now)
+        self.core.start(now)
+        for session in node.pool.peers():
+            self._on_peer("up", session)
+        self._metadata_timer = self._loop.call_later(self.settings.metadata_interval,
+                                                     self._refresh_metadata)
+        self._flush()
+
+    async def stop(self) -> None:
+        """Leave the cluster: every member with a session hears it now, the rest from
+        them. Call before the pool closes, so the goodbyes go out with its drain."""
+        if self._stopped:
+            return
+        self.core.leave(self._loop.time())
+        self._flush()
+        self._stopped = True
+        for handle in (self._timer, self._metadata_timer):
+            if handle is not None:
+                handle.cancel()
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    # ---- the API for routing ------------------------------------------------------------
+    def set_local_subscriptions(self, patterns: list[RemotePattern]) -> None:
+        """This node's subscriptions as the cluster should route to them (replaces the
+        previous set; e.g. ``PubSubRouter.local_patterns()``)."""
+        self.core.set_local_subscriptions(patterns, self._loop.time())
+        self._flush()
+
+    def remote_subscriptions(self) -> dict[bytes, tuple[RemotePattern, ...]]:
+        """Live members other than this node -> their patterns."""
+        return self.core.remote_subscriptions()
+
+    def on_subscriptions_changed(self, fn: Callable[[dict[bytes, tuple[RemotePattern, ...]]], None]) -> None:
+        """``fn(changes)``: node ID -> its patterns now; an empty tuple means forget the
+        node (it has none, or it failed or left). Fits ``PubSubRouter.set_remote``."""
+        self._subscription_listeners.append(fn)
+
+    def set_local_procedures(self, names: set[str]) -> None:
+        """The procedures this node serves (replaces the previous set)."""
+        self.core.set_local_procedures(names, self._loop.time())
+        self._flush()
+
+    def providers(self, procedure: str) -> list[bytes]:
+        """Live members other than this node that serve ``procedure``."""
+        return list(self.core.providers(procedure))
+
+    def on_providers_changed(self, fn: Callable[[dict[str, list[bytes]]], None]) -> None:
+        """``fn(changes)``: procedure -> its providers now (empty: none left)."""
+        self._provider_listeners.append(fn)
+
+    def on_state_changed(self, fn: Callable[[str], None]) -> None:
+        """``fn(name)`` when a peer's data changed ``nodes``, ``procedures`` or
+        ``subscriptions`` here (for tests, benchmarks and status)."""
+        self._state_listeners.append(fn)
+
+    def members(self) -> list[ClusterMember]:
+        """This node first, then every member the table holds (failed and departed ones
+        while their tombstones last)."""
+        core = self.core
+        me = ClusterMember(self.node.node_id, self.node.name, core.swim.addr, "alive")
+        others = []
+        for node_id, state in core.member_states().items():
+            meta = core.metadata(node_id) or {}
+            addr = core.address(node_id)
+            others.append(ClusterMember(node_id, str(meta.get("name", "")),
+                                        tuple(addr) if addr else None, state.name.lower()))
+        others.sort(key=lambda m: (m.state != "alive", m.name, m.node_id))
+        return [me, *others]
+
+    def metadata(self, node_id: bytes) -> dict[str, Any] | None:
+        """A node's metadata as the cluster replicates it: name, hw, version, load and
+        any fields given to ``update_metadata``."""
+        return self.core.metadata(node_id)
+
+    def update_metadata(self, fields: dict[str, Any]) -> None:
+        """Publish more fields in this node's metadata (plain msgpack values, 8 KiB in
+        all; StateError beyond). name, hw, version and load stay the node's own."""
+        extra = {**self._extra, **fields}
+        meta = self._compose_metadata(extra)
+        self.core.set_metadata(meta, self._loop.time())   # raises before anything changed
+        self._extra, self._metadata = extra, meta
+        self._flush()
+
+    def status(self) -> dict[str, Any]:
+        core = self.core
+        entries, log_bytes = core.gossip.log_size()
+        return {
+            "name": self.settings.name,
+            "max_members": self.settings.max_members,
+            "members": 1 + len(core.live()),
+            "states": {m.node_id.hex(): m.state for m in self.members()},
+            "gossip": {**asdict(core.gossip.stats), "log_entries": entries, "log_bytes": log_bytes},
+            "membership": {**asdict(core.swim.stats), "health": core.swim.health,
+                           "incarnation": core.swim.incarnation},
+            "state": {**asdict(core.stats), "local_refused": core.state.local_refused,
+                      "over_cap": core.state.over_cap, "malformed": core.state.malformed,
+                      "events_dropped": core.events_dropped},
+            **self.stats,
+        }
+
+    # ---- from the node ------------------------------------------------------------------
+    def _is_member_session(self, session: Session) -> bool:
+        peer = session.peer
+        return peer is not None and peer.role == "node" and self.cap in peer.caps
+
+    def _on_message(self, session: Session, msg: Any) -> None:
+        if self._stopped:
+            return
+        if not self._is_member_session(session):
+            self.stats["foreign"] += 1
+            return
+        self.stats["messages_received"] += 1
+        self.stats["bytes_received"] += len(encode(msg))
+        self.core.handle_message(session.peer.node_id, msg, self._loop.time())
+        self._flush()
+
+    def _on_peer(self, event: str, session: Session) -> None:
+        if event != "up" or self._stopped or not self._is_member_session(session):
+            return
+        node_id = session.peer.node_id
+        self._backoff.pop(node_id, None)
+        waiting = self._waiting.pop(node_id, None)
+        if waiting:
+            self._send_frames(session, waiting)
+        self.core.peer_connected(node_id, session.peer.listen, self._loop.time())
+        self._flush()
+
+    # ---- to the network -------------------------------------------------------------------
+    def _flush(self) -> None:
+        core = self.core
+        for dest, msg in core.messages_to_send():
+            self._send(dest, msg)
+        while (event := core.next_event()) is not None:
+            self._on_event(event)
+        self._arm()
+
+    def _send(self, dest: bytes, msg: Any) -> None:
+        frame = encode(msg)
+        session = self.node.pool.get(dest)
+        if session is not None:
+            self._send_frames(session, (frame,))
+            return
+        waiting = self._waiting.get(dest)
+        if waiting is not None:
+            if len(waiting) == waiting.maxlen:
+                self.stats["waiting_dropped"] += 1
+            waiting.append(frame)
+            return
+        now = self._loop.time()
+        addr = self.core.address(dest)
+        retry = self._backoff.get(dest)
+        pool = self.node.pool
+        # a full pool would evict another peer to make room, and the cluster would
+        # dial that one back: leave a member without a session to the others then
+        if self._stopped or addr is None or addr[0] in _UNSPECIFIED or (retry and now < retry[0]) \
+                or len(pool.peers()) >= pool.settings.max_peers:
+            self.core.handle_unreachable(dest, now)
+            return
+        self._waiting[dest] = deque((frame,), maxlen=WAITING_PER_MEMBER)
+        task = self._loop.create_task(self._dial(dest, (addr[0], addr[1])))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _send_frames(self, session: Session, frames: Any) -> None:
+        for frame in frames:
+            if session.send_frame(frame):
+                self.stats["messages_sent"] += 1
+                self.stats["bytes_sent"] += len(frame)
+            else:
+                self.stats["send_dropped"] += 1
+
+    async def _dial(self, dest: bytes, addr: tuple[str, int]) -> None:
+        reached = False
+        try:
+            async with self._dial_slots:
+                if self.node.pool.get(dest) is None:
+                    self.stats["dials"] += 1
+                    session = await self.node.pool.connect(*addr)
+                    reached = session.peer is not None and session.peer.node_id == dest
+                else:
+                    reached = True
+        except (SessionRefused, OSError) as exc:
+            log.debug("cannot reach member %s at %s:%d: %s", dest.hex()[:12], *addr, exc)
+        finally:
+            left = self._waiting.pop(dest, None)
+        if self._stopped:
+            return
+        if reached:   # the session's "up" sent what waited, unless it was already up
+            session = self.node.pool.get(dest)
+            if left and session is not None:
+                self._send_frames(session, left)
+            return
+        self.stats["dial_failures"] += 1
+        self.stats["waiting_dropped"] += len(left or ())
+        now = self._loop.time()
+        _, backoff = self._backoff.get(dest) or (0.0, Backoff(self.settings.dial_backoff_base,
+                                                                self.settings.dial_backoff_cap,
+                                                                self._rng))
+        self._backoff[dest] = (now + backoff.next_delay(), backoff)
+        if len(self._backoff) > self.settings.max_members:   # members that went away
+            for node_id in [n for n, (at, _) in self._backoff.items() if at < now]:
+                del self._backoff[node_id]
+        self.core.handle_unreachable(dest, now)
+        self._flush()
+
+    def _arm(self) -> None:
+        if self._stopped:
+            return
+        at = self.core.get_timer()
+        if at == self._timer_at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = at
+        self._timer = None if at is None else self._loop.call_at(at, self._on_timer)
+
+    def _on_timer(self) -> None:
+        due = self._timer_at or 0.0
+        self._timer = self._timer_at = None
+        # asyncio may run a handle a clock tick before its time; the core must see it due
+        self.core.handle_timer(max(self._loop.time(), due))
+        self._flush()
+
+    # ---- events -------------------------------------------------------------------------
+    def _on_event(self, event: Any) -> None:
+        kind = type(event)
+        if kind is SubscriptionsChanged:
+            self._notify(self._subscription_listeners, event.changes)
+        elif kind is ProvidersChanged:
+            self._notify(self._provider_listeners,
+                         {p: list(nodes) for p, nodes in event.changes.items()})
+        elif kind is StateChanged:
+            self._notify(self._state_listeners, event.name)
+        elif kind is MemberJoined:
+            log.info("cluster %s: member %s joined (%s)", self.settings.name, self._who(event.node_id),
+                     "%s:%d" % tuple(event.addr) if event.addr else "no address")
+        elif kind is MemberLeft:
+            log.info("cluster %s: member %s left", self.settings.name, self._who(event.node_id))
+        elif kind is MemberFailed or kind is MemberSuspected:
+            if kind is MemberFailed:
+                log.warning("cluster %s: member %s failed", self.settings.name, self._who(event.node_id))
+            else:
+                log.debug("cluster %s: member %s suspected", self.settings.name, self._who(event.node_id))
+            # A session that heard nothing for two probe periods, not even the pool's
+            # keepalive answers, is most likely one the peer no longer has (it closed
+            # it while we were cut off): what we send there is lost until QUIC's idle
+            # timeout, and the pool may refuse the peer's new dial as a duplicate. One
+            # that still hears from a member that others think failed stays open.
+            session = self.node.pool.get(event.node_id)
+            if session is not None and \
+                    self._loop.time() - session.last_received > 2 * self.settings.probe_interval:
+                session.close(ErrorCode.GOING_AWAY, "silent, and suspected or failed in the cluster")
+        elif kind is MemberRecovered:
+            log.debug("cluster %s: member %s refuted the suspicion", self.settings.name,
+                      self._who(event.node_id))
+
+    def _notify(self, listeners: list[Callable], arg: Any) -> None:
+        for fn in listeners:
+            try:
+                fn(arg)
+            except Exception:  # a listener's bug must not stop the cluster
+                self.stats["callback_errors"] += 1
+                log.exception("cluster listener %r failed", fn)
+
+    def _who(self, node_id: bytes) -> str:
+        meta = self.core.metadata(node_id) or {}
+        return f"{meta.get('name', '?')} ({node_id.hex()[:12]})"
+
+    # ---- metadata -----------------------------------------------------------------------
+    def _compose_metadata(self, extra: dict[str, Any]) -> dict[str, Any]:
+        try:
+            load = round(os.getloadavg()[0] / (os.cpu_count() or 1), 1)
+        except OSError:
+            load = None
+        return {**extra, "name": self.node.name, "hw": self.node.cfg.hw_profile,
+                "version": __version__, "load": load}
+
+    def _refresh_metadata(self) -> None:
+        """Publish the load when it moved (rounded to 0.1 per core, so an idle node
+        writes nothing)."""
+        meta = self._compose_metadata(self._extra)
+        if meta != self._metadata:
+            self._metadata = meta
+            self.core.set_metadata(meta, self._loop.time())
+            self._flush()
+        self._metadata_timer = self._loop.call_later(self.settings.metadata_interval,
+                                                     self._refresh_metadata)
