@@ -16,6 +16,7 @@ Roles (SYS is macula, nats or zenoh; ADDR is host:port):
 from __future__ import annotations
 
 import asyncio
+import signal
 import json
 import os
 import statistics
@@ -160,7 +161,10 @@ async def macula_echo(addr: str) -> None:
     c.register("echo", lambda args: args)
     await c.flush()
     say(ready=1)
-    await asyncio.Event().wait()
+    stop = asyncio.Event()  # a provider that stops cleanly unregisters at once
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    await stop.wait()
+    await c.close()
 
 
 async def macula_caller(addr: str, seq: int, inflight: int, seconds: float) -> None:

@@ -31,6 +31,7 @@ class ErrorCode(IntEnum):
     PROTOCOL_VIOLATION = 209
     TIMEOUT = 210
     DUPLICATE_SESSION = 211
+    PEER_UNREACHABLE = 212
     # 3xx: messaging (pub/sub, RPC)
     NO_RESPONDERS = 300
     CALL_TIMEOUT = 301
@@ -46,6 +47,15 @@ class ErrorCode(IntEnum):
     STATE_INVALID = 501
     # 9xx: the node itself
     INTERNAL = 900
+
+
+# QUIC application close codes are CLOSE_CODE_BASE + ErrorCode, so they never collide
+# with QUIC transport / TLS error codes (0x00-0x1ff).
+CLOSE_CODE_BASE = 0x1000
+
+
+def close_code(code: ErrorCode) -> int:
+    return CLOSE_CODE_BASE + int(code)
 
 
 class MaculaError(Exception):

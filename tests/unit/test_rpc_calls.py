@@ -32,6 +32,17 @@ def test_expire_returns_only_calls_past_their_deadline_in_order():
     assert t.expire(5.0) == [late] and len(t) == 0 and t.next_deadline() is None
 
 
+def test_answered_calls_leave_no_deadlines_behind():
+    t = CallTable(max_pending=10)
+    for i in range(10_000):  # each answered at once: the table never holds more than one
+        call = t.add("c", i, "p", b"", 100.0 + i * 0.001, False)
+        assert t.pop(call.call_id) is call
+    assert t.next_deadline() is None and not t._buckets and not t._bucket_heap
+    t.add("c", 1, "p", b"", 7.0001, False)
+    assert 7.0001 <= t.next_deadline() <= 7.05  # a bucket ends at or after its deadlines
+    assert t.expire(7.0) == [] and len(t.expire(7.05)) == 1
+
+
 def test_outstanding_counts_follow_assign_retry_and_completion():
     t = CallTable(max_pending=10)
     a = t.add("c", 1, "p", b"", 9.0, True)

@@ -97,12 +97,19 @@ class Subscription:
         self._wakeup.set()
 
 
+GUARD_SWEEP = 0.5  # seconds between checks of calls the node never answered
+
+
 class Client:
     def __init__(self, pool: PeerPool, session: Session) -> None:
         self._pool = pool
         self.session = session
         self._subs: dict[int, Subscription] = {}
         self._calls: dict[int, asyncio.Future] = {}
+        # call id -> (deadline, procedure, timeout): one sweep every GUARD_SWEEP seconds
+        # instead of a timer per call
+        self._guards: dict[int, tuple[float, str, float]] = {}
+        self._sweeper: asyncio.TimerHandle | None = None
         self._handlers: dict[str, Handler] = {}
         self._ids = itertools.count(1)
         self._flushes: deque[asyncio.Future] = deque()
@@ -168,15 +175,25 @@ class Client:
         self._calls[call_id] = fut
         data = args.encode() if isinstance(args, str) else args
         # the node answers CALL_TIMEOUT itself; this deadline only covers a lost node
-        guard = loop.call_later(timeout + 1.0, _expire, fut, procedure, timeout)
+        self._guards[call_id] = (loop.time() + timeout + 1.0, procedure, timeout)
+        if self._sweeper is None:
+            self._sweeper = loop.call_later(GUARD_SWEEP, self._sweep)
         try:
             msg = Call(call_id, procedure, data, int(timeout * 1000), idempotent)
             if not self.session.send(msg):
                 await self.session.send_wait(msg)
             return await fut
         finally:
-            guard.cancel()
             del self._calls[call_id]
+            del self._guards[call_id]
+
+    def _sweep(self) -> None:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        for call_id, (deadline, procedure, timeout) in list(self._guards.items()):
+            if deadline <= now:
+                _expire(self._calls[call_id], procedure, timeout)
+        self._sweeper = loop.call_later(GUARD_SWEEP, self._sweep) if self._guards else None
 
     def register(self, procedure: str, handler: Handler) -> None:
         """Serve ``procedure``: ``handler(args) -> result`` (plain or async)."""
@@ -272,6 +289,9 @@ class Client:
         self.closed.set()
 
     async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         for task in list(self._tasks):
             task.cancel()
         await self._pool.close()

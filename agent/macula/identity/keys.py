@@ -6,6 +6,7 @@ import hashlib
 import os
 import stat
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 from macula.errors import StateError
@@ -29,8 +30,8 @@ class Identity:
     def public_key(self) -> bytes:
         return self.signer.public_key
 
-    @property
-    def node_id(self) -> bytes:
+    @cached_property
+    def node_id(self) -> bytes:  # read on hot paths: hashed once
         return node_id_of(self.signer.public_key)
 
     def sign(self, data: bytes) -> bytes:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import heapq
+import math
 import random
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,11 +28,23 @@ class PendingCall:
     tried: set = field(default_factory=set)
 
 
+BUCKET_MS = 50  # deadlines are kept in 50 ms buckets: a call times out up to 50 ms late
+
+
+def _bucket(deadline: float) -> int:
+    return -(-math.ceil(deadline * 1000) // BUCKET_MS)  # the bucket ending at or after it
+
+
 class CallTable:
+    """Calls by id, and their deadlines in coarse buckets (a timer wheel): answering a
+    call removes it from its bucket in O(1), so finished calls leave nothing behind in
+    a heap (a heap entry per call cost a push and a pop of log(calls per timeout))."""
+
     def __init__(self, max_pending: int) -> None:
         self.max_pending = max_pending
         self._calls: dict[int, PendingCall] = {}
-        self._deadlines: list[tuple[float, int]] = []  # heap, lazily cleaned
+        self._buckets: dict[int, set[int]] = {}   # bucket -> call ids due by its end
+        self._bucket_heap: list[int] = []          # bucket numbers, each pushed once
         self._next_id = 1
         self.outstanding: dict[bytes, int] = {}  # provider -> calls in flight
 
@@ -46,7 +59,12 @@ class CallTable:
         self._next_id = (self._next_id + 1) & 0xFFFF_FFFF_FFFF or 1
         call = PendingCall(call_id, caller, caller_call_id, procedure, args, deadline, idempotent)
         self._calls[call_id] = call
-        heapq.heappush(self._deadlines, (deadline, call_id))
+        b = _bucket(deadline)
+        ids = self._buckets.get(b)
+        if ids is None:
+            ids = self._buckets[b] = set()
+            heapq.heappush(self._bucket_heap, b)
+        ids.add(call_id)
         return call
 
     def assign(self, call: PendingCall, provider: bytes) -> None:
@@ -61,8 +79,12 @@ class CallTable:
 
     def pop(self, call_id: int) -> PendingCall | None:
         call = self._calls.pop(call_id, None)
-        if call is not None and call.provider:
-            self._release(call)
+        if call is not None:
+            ids = self._buckets.get(_bucket(call.deadline))
+            if ids is not None:
+                ids.discard(call_id)
+            if call.provider:
+                self._release(call)
         return call
 
     def _release(self, call: PendingCall) -> None:
@@ -76,20 +98,22 @@ class CallTable:
         return [c for c in self._calls.values() if c.provider == provider]
 
     def next_deadline(self) -> float | None:
-        heap = self._deadlines
-        while heap and heap[0][1] not in self._calls:
-            heapq.heappop(heap)
-        return heap[0][0] if heap else None
+        """When the earliest bucket holding a call ends (at or after its deadlines)."""
+        heap, buckets = self._bucket_heap, self._buckets
+        while heap and not buckets.get(heap[0]):
+            buckets.pop(heapq.heappop(heap), None)
+        return heap[0] * BUCKET_MS / 1000 if heap else None
 
     def expire(self, now: float) -> list[PendingCall]:
-        """Remove and return every call whose deadline has passed."""
+        """Remove and return every call whose deadline bucket has ended by ``now``."""
         out = []
-        heap = self._deadlines
-        while heap and heap[0][0] <= now:
-            _, call_id = heapq.heappop(heap)
-            call = self.pop(call_id)
-            if call is not None:
-                out.append(call)
+        heap, buckets = self._bucket_heap, self._buckets
+        while heap and heap[0] * BUCKET_MS / 1000 <= now:
+            for call_id in buckets.pop(heapq.heappop(heap), ()):
+                call = self.pop(call_id)
+                if call is not None:
+                    out.append(call)
+        out.sort(key=lambda c: c.deadline)
         return out
 
 

@@ -131,8 +131,10 @@ class RpcService:
         self._dispatch(call, remote)
 
     def _candidates(self, call: PendingCall, remote: list[bytes]) -> list[bytes]:
-        own = self.node.node_id
         local = self._local.get(call.procedure, ())
+        if not remote and not call.tried:  # the hot path: local clients, first attempt
+            return list(local)
+        own = self.node.node_id
         return [p for p in (*local, *remote) if p not in call.tried and p != own]
 
     def _dispatch(self, call: PendingCall, remote: list[bytes]) -> None:

@@ -193,8 +193,11 @@ class PeerPool:
                                      f"{timeout or self.settings.connect_timeout:g} s",
                                      code=ErrorCode.TIMEOUT) from None
             except SessionRefused as err:
-                if err.code is ErrorCode.DUPLICATE_SESSION and session.peer is not None:
-                    live = self.get(session.peer.node_id)
+                if err.code is ErrorCode.DUPLICATE_SESSION:
+                    # the peer dialled us at the same moment and kept its own session; a
+                    # refusal carries no identity, so find that session by its address
+                    peer_id = session.peer.node_id if session.peer else self._by_addr.get(addr)
+                    live = self.get(peer_id) if peer_id is not None else None
                     if live is not None:
                         result = live
                     else:

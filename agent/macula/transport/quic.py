@@ -9,11 +9,19 @@ their connections in batches, and then flushes once: the frames queued on each
 link are handed to qh3 in one call and its datagrams are sent. Sends made outside
 that path schedule one flush with ``call_soon``, so N messages in a tick cost one
 transmit, not N (limits.md: 118-154k vs 13-15k calls/s).
+
+A peer whose process died sends no CONNECTION_CLOSE, and QUIC alone would notice only
+at the idle timeout. The socket asks for ICMP errors (IP_RECVERR): a "port
+unreachable" for a peer's address fails a handshake at once, and makes an established
+connection prove itself with a PING within ``max(PROBE_MIN, 4 RTT)``, else it is
+closed as PEER_UNREACHABLE. The probe, not the ICMP alone, decides: a forged ICMP
+cannot close a live connection.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import socket
 import ssl
@@ -28,6 +36,7 @@ from qh3.quic.events import (
 )
 from qh3.quic.packet import QuicProtocolVersion, encode_quic_version_negotiation
 
+from macula.errors import ErrorCode, close_code
 from macula.identity.certs import TlsMaterial
 from macula.runtime.ratelimit import TokenBucket
 from macula.runtime.clock import MonotonicClock
@@ -48,6 +57,13 @@ GSO_MAX_SEGMENTS = 64
 GSO_MAX_BYTES = 65000
 _GRO_CMSG_SPACE = socket.CMSG_SPACE(4)             # datagrams read per readiness callback before yielding
 _SUPPORTED_VERSIONS = (QuicProtocolVersion.VERSION_1,)
+IP_RECVERR = 11             # Linux: queue ICMP errors on the socket's error queue
+IPV6_RECVERR = 25
+SO_EE_ORIGIN_ICMP = (2, 3)  # sock_extended_err.ee_origin for ICMP and ICMPv6
+UNREACHABLE_ERRNOS = frozenset({errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH})
+ERRQUEUE_BATCH = 64         # error-queue reads per readiness callback
+PROBE_MIN = 1.0             # seconds an ICMP-unreachable peer has to answer a PING
+UNREACHABLE_CLOSE = close_code(ErrorCode.PEER_UNREACHABLE)
 
 
 def _parse_dcid(data: bytes) -> tuple[bytes, bool, int] | None:
@@ -78,7 +94,7 @@ class QuicLink:
     __slots__ = ("endpoint", "conn", "is_client", "remote_addr", "stream_id", "_pending",
                  "_pending_bytes", "_unsent", "_timer", "_timer_at", "handshake_done", "closed",
                  "on_handshake", "on_data", "on_closed", "on_transmitted", "close_code",
-                 "close_reason", "_cids")
+                 "close_reason", "_cids", "_probe", "_probe_uid")
 
     def __init__(self, endpoint: "Endpoint", conn: QuicConnection, remote_addr: tuple,
                  is_client: bool) -> None:
@@ -93,6 +109,8 @@ class QuicLink:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._cids: set[bytes] = set()
+        self._probe: asyncio.TimerHandle | None = None  # liveness probe after an ICMP error
+        self._probe_uid = 0
         self.handshake_done = False
         self.closed = False
         self.close_code: int | None = None
@@ -176,6 +194,31 @@ class QuicLink:
                 self._terminated(event.error_code, event.reason_phrase)
                 return
 
+    def _peer_unreachable(self) -> None:
+        """An ICMP error named this link's peer address."""
+        if self.closed:
+            return
+        if not self.handshake_done:  # a dial to a closed port fails now, not at its timeout
+            self._terminated(UNREACHABLE_CLOSE, "peer unreachable (ICMP)")
+            return
+        if self._probe is not None:
+            return  # a probe is already out
+        loop = self.endpoint.loop
+        loss = getattr(self.conn, "_loss", None)  # qh3 internals: best effort
+        rtt = getattr(loss, "_rtt_smoothed", 0.0) or 0.0
+        self._probe_uid += 1
+        self.conn.send_ping(self._probe_uid)
+        self._probe = loop.call_later(max(PROBE_MIN, 4 * rtt), self._probe_expired)
+        self.endpoint.stats["unreachable_probes"] += 1
+        self.endpoint.mark_dirty(self)
+
+    def _probe_expired(self) -> None:
+        self._probe = None
+        if self.closed:
+            return
+        self.endpoint.stats["unreachable_closed"] += 1
+        self._terminated(UNREACHABLE_CLOSE, "peer unreachable (no answer after ICMP error)")
+
     def _terminated(self, code: int, reason: str) -> None:
         if self.closed:
             return
@@ -184,6 +227,9 @@ class QuicLink:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._probe is not None:
+            self._probe.cancel()
+            self._probe = None
         self.endpoint._forget(self)
         self.on_closed(code, reason)
 
@@ -239,7 +285,9 @@ class Endpoint:
         self._gso = sys.platform == "linux"   # turned off at the first failure
         self._gro = False
         self.stats = {"datagrams_in": 0, "datagrams_out": 0, "send_dropped": 0,
-                      "unknown_cid": 0, "accept_refused": 0, "gso_sends": 0, "gro_receives": 0}
+                      "unknown_cid": 0, "accept_refused": 0, "gso_sends": 0, "gro_receives": 0,
+                      "icmp_unreachable": 0, "unreachable_probes": 0, "unreachable_closed": 0}
+        self._recverr = False
 
     # -- configuration -------------------------------------------------------------
     def _make_config(self, is_client: bool, server_name: str | None = None) -> QuicConfiguration:
@@ -274,6 +322,13 @@ class Endpoint:
                     pass
             sock.bind((host, port))
             sock.setblocking(False)
+            try:  # ICMP errors (a dead peer's closed port) reach us: see the module doc
+                sock.setsockopt(socket.IPPROTO_IP, IP_RECVERR, 1)
+                if family == socket.AF_INET6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVERR, 1)
+                self._recverr = True
+            except OSError:
+                self._recverr = False
             try:  # GRO: the kernel hands us bursts of one flow as one buffer
                 sock.setsockopt(SOL_UDP, UDP_GRO, 1)
                 self._gro = True
@@ -305,6 +360,12 @@ class Endpoint:
         except OSError as exc:
             self.stats["send_dropped"] += 1
             log.debug("sendto %s failed: %s", addr, exc)
+            self._send_failed(exc)
+
+    def _send_failed(self, exc: OSError) -> None:
+        # A pending ICMP error can surface on a send; its details wait in the error queue.
+        if self._recverr and exc.errno in UNREACHABLE_ERRNOS:
+            self.loop.call_soon(self._read_errors)
 
     def _send_datagrams(self, datagrams: list[tuple[bytes, tuple]]) -> None:
         """Send one connection's datagrams, several per syscall with GSO where possible.
@@ -343,7 +404,12 @@ class Endpoint:
             self.stats["gso_sends"] += 1
         except (BlockingIOError, InterruptedError):
             self.stats["send_dropped"] += len(run)
-        except OSError as exc:  # no GSO here after all (old kernel, odd device): plain sends
+        except OSError as exc:
+            if exc.errno in UNREACHABLE_ERRNOS:  # an ICMP error, not a GSO problem
+                self.stats["send_dropped"] += len(run)
+                self._send_failed(exc)
+                return
+            # no GSO here after all (old kernel, odd device): plain sends
             log.debug("GSO send failed (%s); falling back to one datagram per syscall", exc)
             self._gso = False
             for data in run:
@@ -394,7 +460,7 @@ class Endpoint:
         gro = self._gro
         # link -> [addr, item, item, ...]; an item is a datagram, or (buffer, segment size)
         batches: dict[QuicLink, list] = {}
-        for _ in range(RECV_BATCH):
+        for i in range(RECV_BATCH):
             try:
                 if gro:
                     data, anc, _flags, addr = sock.recvmsg(RECV_BUFFER, _GRO_CMSG_SPACE)
@@ -402,9 +468,13 @@ class Endpoint:
                     data, addr = sock.recvfrom(RECV_BUFFER)
                     anc = None
             except (BlockingIOError, InterruptedError):
+                if i == 0 and self._recverr:  # woken with nothing to read: errors queued
+                    self._read_errors()
                 break
-            except OSError as exc:  # e.g. ICMP port unreachable surfaced as ECONNREFUSED
+            except OSError as exc:  # an ICMP error surfaced as ECONNREFUSED and the like
                 log.debug("recv: %s", exc)
+                if self._recverr:
+                    self._read_errors()
                 continue
             item = data
             if anc:
@@ -440,9 +510,37 @@ class Endpoint:
             self._deliver(link, batch[0], batch[1:])
         self._flush()
 
+    def _read_errors(self) -> None:
+        """Drain the socket's error queue (it keeps the socket readable until empty)."""
+        sock = self._sock
+        if sock is None:
+            return
+        for _ in range(ERRQUEUE_BATCH):
+            try:
+                _data, anc, _flags, addr = sock.recvmsg(64, 256, socket.MSG_ERRQUEUE)
+            except OSError:  # empty (EAGAIN) or nothing more to learn
+                return
+            for _level, _kind, value in anc:
+                if len(value) < 5:
+                    continue
+                err = int.from_bytes(value[:4], sys.byteorder)  # sock_extended_err.ee_errno
+                if value[4] in SO_EE_ORIGIN_ICMP and err in UNREACHABLE_ERRNOS and addr:
+                    self.stats["icmp_unreachable"] += 1
+                    self._unreachable(addr)
+
+    def _unreachable(self, addr: tuple) -> None:
+        host, port = addr[0], addr[1]
+        for link in [l for l in self._links if l.remote_addr[0] == host
+                     and l.remote_addr[1] == port]:
+            link._peer_unreachable()
+        self._flush()
+
     def _deliver(self, link: QuicLink, addr: tuple, items: list) -> None:
         if link.closed:
             return
+        if link._probe is not None:  # it answered: whatever the ICMP said, it is alive
+            link._probe.cancel()
+            link._probe = None
         conn = link.conn
         now = self.loop.time()
         plain: list[bytes] = []

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Callable, NamedTuple
 
-from macula.errors import ErrorCode, ProtocolError, SessionRefused
+from macula.errors import CLOSE_CODE_BASE, ErrorCode, ProtocolError, SessionRefused, close_code
 from macula.identity import Identity, TlsMaterial, TofuStore
 from macula.identity.binding import (
     bind_message, check_chain, check_dialer_binding, check_identity, identity_message,
@@ -33,15 +33,6 @@ from macula.wire import PROTOCOL_VERSION, FrameDecoder, encode
 from macula.wire.messages import Connect, Connected, Error, GoAway, Ping, Pong
 
 log = logging.getLogger("macula.session")
-
-# QUIC application close codes are CLOSE_CODE_BASE + ErrorCode, so they never collide
-# with QUIC transport / TLS error codes (0x00-0x1ff).
-CLOSE_CODE_BASE = 0x1000
-
-
-def close_code(code: ErrorCode) -> int:
-    return CLOSE_CODE_BASE + int(code)
-
 
 def error_from_close(code: int | None, reason: str) -> tuple[ErrorCode | None, str]:
     if code is not None and code >= CLOSE_CODE_BASE:

@@ -97,8 +97,13 @@ class FrameDecoder:
     def feed(self, data: bytes) -> list[Decoded]:
         if self.broken:
             return []
-        buf = self._buf
-        buf += data
+        # Whole frames usually arrive together: parse them straight from ``data`` (one
+        # copy per body); only a partial frame is kept in the bytearray.
+        if self._buf:
+            buf = self._buf
+            buf += data
+        else:
+            buf = data
         out: list[Decoded] = []
         pos = 0
         end = len(buf)
@@ -122,10 +127,13 @@ class FrameDecoder:
                 break
             pos = start + length
             try:
-                out.append(decode_body(msg_type, bytes(buf[start:pos])))
+                out.append(decode_body(msg_type, buf[start:pos]))
             except ProtocolError as exc:
                 out.append(exc)
-        if pos:
+        if buf is data:
+            if pos < end:
+                self._buf += memoryview(data)[pos:]
+        elif pos:
             del buf[:pos]
         return out
 
