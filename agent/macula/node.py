@@ -154,11 +154,12 @@ class Node:
         return caps + (cluster_cap(self.cfg.cluster.name),)
 
     def _start_services(self) -> None:
+        from macula.cluster import ClusterService, ClusterSettings
         from macula.dht.config import DhtConfig
         from macula.dht.service import DhtService
-        from macula.pubsub.interest import DhtInterest
+        from macula.pubsub.interest import ClusterInterest, DhtInterest
         from macula.pubsub.service import PubSubService
-        from macula.rpc.discovery import DhtProviders
+        from macula.rpc.discovery import ClusterProviders, DhtProviders
         from macula.rpc.service import RpcService
 
         lim = self.cfg.limits
@@ -168,20 +169,21 @@ class Node:
             max_ttl=max(86400.0, self.cfg.dht.record_ttl), rpc_timeout=self.cfg.dht.rpc_timeout),
             client_mode=self.cfg.dht.mode == "client")
         self.dht.attach()
+        # the cluster state routes among members; the DHT serves everyone else
+        self.cluster = ClusterService(self, ClusterSettings.from_config(self.cfg))
         self.pubsub = PubSubService(self, subscriber_queue_bytes=lim.subscriber_queue_bytes,
                                     total_queue_bytes=lim.send_buffer_total_bytes,
                                     max_subscriptions=lim.max_subscriptions,
                                     max_per_client=lim.max_subscriptions_per_client)
-        self.pubsub.interest = DhtInterest(self.pubsub, self.dht, cache_entries=lim.cache_entries,
-                                           record_ttl=self.cfg.dht.record_ttl)
+        self.pubsub.interest = ClusterInterest(
+            self.pubsub, DhtInterest(self.pubsub, self.dht, cache_entries=lim.cache_entries,
+                                     record_ttl=self.cfg.dht.record_ttl), self.cluster)
         self.pubsub.attach()
         self.rpc = RpcService(self, max_pending=lim.max_pending_calls)
-        self.rpc.providers = DhtProviders(self.rpc, self.dht, cache_entries=lim.cache_entries,
-                                          advertise_ttl=self.cfg.dht.record_ttl)
+        self.rpc.providers = ClusterProviders(
+            self.rpc, DhtProviders(self.rpc, self.dht, cache_entries=lim.cache_entries,
+                                   advertise_ttl=self.cfg.dht.record_ttl), self.cluster)
         self.rpc.attach()
-        from macula.cluster import ClusterService, ClusterSettings
-
-        self.cluster = ClusterService(self, ClusterSettings.from_config(self.cfg))
         self.cluster.attach()
 
     async def _housekeep(self) -> None:

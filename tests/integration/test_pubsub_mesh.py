@@ -1,4 +1,7 @@
-"""Pub/sub and RPC across a mesh of real nodes on loopback QUIC (DHT-routed)."""
+"""Pub/sub and RPC across a mesh of real nodes on loopback QUIC, each test twice:
+routed through the DHT (every node in a cluster of its own) and through the cluster
+state (all nodes in one cluster; tests/integration/test_cluster_routing.py proves
+which source a route came from)."""
 
 from __future__ import annotations
 
@@ -11,13 +14,25 @@ from macula.client import CallError, connect
 from macula.errors import ErrorCode
 
 
-async def mesh(tmp_path, n: int, **kw):
-    seed = await start_node(tmp_path, "n0", **kw)
-    nodes = [seed] + [await start_node(tmp_path, f"n{i}", seeds=(addr(seed),), **kw)
+@pytest.fixture(params=["dht", "cluster"])
+def routing(request) -> str:
+    return request.param
+
+
+async def mesh(tmp_path, n: int, routing: str, **kw):
+    def cluster(i: int) -> dict:
+        return {"name": f"solo{i}"} if routing == "dht" else {}
+
+    seed = await start_node(tmp_path, "n0", cluster=cluster(0), **kw)
+    nodes = [seed] + [await start_node(tmp_path, f"n{i}", seeds=(addr(seed),), cluster=cluster(i), **kw)
                       for i in range(1, n)]
     # every node has joined the DHT through the seed
     await until(lambda: all(len(x.pool.peers()) >= 1 for x in nodes[1:]), what="joined")
     await until(lambda: all(x.dht.core.stats()["contacts"] >= 1 for x in nodes), what="DHT")
+    if routing == "cluster":   # and holds every other node's cluster state
+        await until(lambda: all(len(x.cluster.synced()) == n - 1 for x in nodes), 20, "cluster")
+    else:
+        assert all(not x.cluster.synced() for x in nodes)
     return nodes
 
 
@@ -46,8 +61,8 @@ async def wait_delivery(publisher, topic, payload, subs, timeout=10.0):
                 s.drain()
 
 
-async def test_fan_out_to_50_subscribers_across_5_nodes(tmp_path):
-    nodes = await mesh(tmp_path, 5)
+async def test_fan_out_to_50_subscribers_across_5_nodes(tmp_path, routing):
+    nodes = await mesh(tmp_path, 5, routing)
     clients, subs = [], []
     try:
         for i in range(50):
@@ -72,8 +87,8 @@ async def test_fan_out_to_50_subscribers_across_5_nodes(tmp_path):
         await stop_all(nodes, clients)
 
 
-async def test_wildcards_route_across_nodes(tmp_path):
-    nodes = await mesh(tmp_path, 3)
+async def test_wildcards_route_across_nodes(tmp_path, routing):
+    nodes = await mesh(tmp_path, 3, routing)
     a = await connect(addr(nodes[1]), realm="test")
     b = await connect(addr(nodes[2]), realm="test")
     pub = await connect(addr(nodes[0]), realm="test")
@@ -90,8 +105,8 @@ async def test_wildcards_route_across_nodes(tmp_path):
         await stop_all(nodes, [a, b, pub])
 
 
-async def test_queue_group_across_nodes_gets_each_message_once(tmp_path):
-    nodes = await mesh(tmp_path, 3)
+async def test_queue_group_across_nodes_gets_each_message_once(tmp_path, routing):
+    nodes = await mesh(tmp_path, 3, routing)
     workers = [await connect(addr(nodes[i]), realm="test") for i in (1, 2, 2)]
     pub = await connect(addr(nodes[0]), realm="test")
     try:
@@ -114,8 +129,8 @@ async def test_queue_group_across_nodes_gets_each_message_once(tmp_path):
         await stop_all(nodes, workers + [pub])
 
 
-async def test_unsubscribe_and_subscriber_node_dying_mid_stream(tmp_path):
-    nodes = await mesh(tmp_path, 4)
+async def test_unsubscribe_and_subscriber_node_dying_mid_stream(tmp_path, routing):
+    nodes = await mesh(tmp_path, 4, routing)
     stay = await connect(addr(nodes[1]), realm="test")
     leave = await connect(addr(nodes[2]), realm="test")
     doomed = await connect(addr(nodes[3]), realm="test")
@@ -140,8 +155,8 @@ async def test_unsubscribe_and_subscriber_node_dying_mid_stream(tmp_path):
         await doomed.close()
 
 
-async def test_no_amplification_frames_counted_on_every_link(tmp_path):
-    nodes = await mesh(tmp_path, 10)
+async def test_no_amplification_frames_counted_on_every_link(tmp_path, routing):
+    nodes = await mesh(tmp_path, 10, routing)
     clients = []
     try:
         subs = []
@@ -174,8 +189,8 @@ async def test_no_amplification_frames_counted_on_every_link(tmp_path):
         await stop_all(nodes, clients)
 
 
-async def test_rpc_across_nodes_failover_and_no_responders(tmp_path):
-    nodes = await mesh(tmp_path, 4)
+async def test_rpc_across_nodes_failover_and_no_responders(tmp_path, routing):
+    nodes = await mesh(tmp_path, 4, routing)
     p1 = await connect(addr(nodes[1]), realm="test")
     p2 = await connect(addr(nodes[2]), realm="test")
     caller = await connect(addr(nodes[3]), realm="test")

@@ -99,3 +99,35 @@ def test_local_patterns_summarise_members_per_pattern_and_group():
     r.subscribe(b"c2", 1, "t", group="g")
     r.subscribe(b"c3", 1, "t")
     assert set(r.local_patterns()) == {RemotePattern("t", "g", 2), RemotePattern("t", None, 1)}
+
+
+def test_setting_the_same_remote_interest_keeps_the_cached_plans():
+    r = router()
+    r.set_remote(A, [RemotePattern("t.>", None, 1)])
+    first = r.plan("t.x")
+    r.set_remote(A, [RemotePattern("t.>", None, 1)])
+    assert r.plan("t.x") is first
+    r.set_remote(A, [RemotePattern("t.x", None, 1)])
+    assert r.plan("t.x") is not first
+
+
+def test_route_rest_serves_only_what_the_early_part_left():
+    r = router()
+    local = r.subscribe(b"c1", 1, "jobs", group="w")
+    r.set_remote(A, [RemotePattern("jobs", None, 1), RemotePattern("jobs", "w", 1)])   # routed early
+    r.set_remote(B, [RemotePattern("jobs", None, 1), RemotePattern("jobs", "w", 2)])
+    r.set_remote(C, [RemotePattern("jobs", "x", 1)])
+    # group w was served early: only plain B and group x remain, never A, never local
+    rest = r.route_rest("jobs", exclude={A}, settled={"w"})
+    assert rest.local == [] and rest.remote == {B: (True, ()), C: (False, ("x",))}
+    # w not served yet: picked among the remote members outside the early set (B)
+    for _ in range(20):
+        assert r.route_rest("jobs", exclude={A}, settled=()).remote[B] == (True, ("w",))
+    # nobody outside the early set serves w any more: any member rather than none
+    r.set_remote(B, [RemotePattern("jobs", None, 1)])
+    picks = Counter()
+    for _ in range(200):
+        rest = r.route_rest("jobs", exclude={A}, settled={"x"})
+        picks["local" if rest.local == [local] else "A" if A in rest.remote else "none"] += 1
+        assert B in rest.remote and rest.remote[B][0]
+    assert picks["none"] == 0 and picks["local"] > 0 and picks["A"] > 0

@@ -194,6 +194,8 @@ class ClusterService:
     def set_local_subscriptions(self, patterns: list[RemotePattern]) -> None:
         """This node's subscriptions as the cluster should route to them (replaces the
         previous set; e.g. ``PubSubRouter.local_patterns()``)."""
+        if self._stopped:
+            return
         self.core.set_local_subscriptions(patterns, self._loop.time())
         self._flush()
 
@@ -208,6 +210,8 @@ class ClusterService:
 
     def set_local_procedures(self, names: set[str]) -> None:
         """The procedures this node serves (replaces the previous set)."""
+        if self._stopped:
+            return
         self.core.set_local_procedures(names, self._loop.time())
         self._flush()
 
@@ -218,6 +222,23 @@ class ClusterService:
     def on_providers_changed(self, fn: Callable[[dict[str, list[bytes]]], None]) -> None:
         """``fn(changes)``: procedure -> its providers now (empty: none left)."""
         self._provider_listeners.append(fn)
+
+    def synced(self) -> set[bytes]:
+        """Live members other than this node whose own state has reached this node (its
+        metadata is here: a member writes it with its first subscriptions and
+        procedures). For these the views above are the whole truth: a member missing
+        from them has no subscriptions or procedures, whatever a DHT record says."""
+        core = self.core
+        return {n for n in core.live() if core.metadata(n) is not None}
+
+    def member_address(self, node_id: bytes) -> tuple[str, int] | None:
+        """Where to dial a live member (None: not one, or no usable address)."""
+        if node_id not in self.core.live():
+            return None
+        addr = self.core.address(node_id)
+        if not addr or addr[0] in _UNSPECIFIED:
+            return None
+        return addr[0], addr[1]
 
     def on_state_changed(self, fn: Callable[[str], None]) -> None:
         """``fn(name)`` when a peer's data changed ``nodes``, ``procedures`` or

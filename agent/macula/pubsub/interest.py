@@ -13,13 +13,28 @@ missed; a topic of depth d costs d+1 lookups when its cache is cold, none when w
 Cache: a prefix's answer is kept ``cache_ttl`` seconds; a topic still in use is looked
 up again in the background before that, so steady publishing never waits. A new
 remote subscriber is seen within ``cache_ttl`` by nodes already publishing.
+
+Inside a cluster (``ClusterInterest``) the members' subscriptions come from the cluster
+state, replicated by gossip (macula.cluster): a member's new subscription is routed to
+as soon as gossip brings it (tens of milliseconds), with no lookup. The router's view
+of a node is then:
+
+- a live member whose own state has reached this node (``ClusterService.synced``):
+  the cluster's patterns only. The cluster is fresher than the DHT cache, so an
+  unsubscribe there is obeyed at once, not when a cached DHT answer expires;
+- any other node: what the DHT found, with what the cluster holds for it, if anything
+  (a member whose metadata has not arrived yet).
+
+Members still advertise in the DHT, for nodes outside the cluster. Publishes to a
+topic whose DHT answer is not cached go at once to the synced members; the rest wait
+for the lookup (pubsub/service.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import msgpack
 
@@ -32,6 +47,7 @@ from macula.wire.fields import ListOf, Opt, Str, Struct, U16, U32
 from macula.wire.messages import DHT_VALUE_MAX, NAME_PATTERN
 
 if TYPE_CHECKING:
+    from macula.cluster.service import ClusterService
     from macula.dht.service import DhtService
     from macula.pubsub.service import PubSubService
     from macula.transport.session import Session
@@ -63,6 +79,9 @@ class DhtInterest:
         self._cache_entries = cache_entries
         self._advertised: dict[str, bytes] = {}     # our prefix -> value stored
         self._advertise_handle: asyncio.TimerHandle | None = None
+        # what the DHT taught: node ID -> patterns; given to on_view instead of the router
+        self.view: dict[bytes, tuple[RemotePattern, ...]] = {}
+        self.on_view: Callable[[dict[bytes, tuple[RemotePattern, ...]]], None] | None = None
         self.stats = {"lookups": 0, "bad_records": 0, "stores": 0, "withdrawals": 0}
 
     # -- InterestSource ---------------------------------------------------------------
@@ -128,18 +147,29 @@ class DhtInterest:
             return None
         return obj[0], obj[1], patterns
 
+    def direct_nodes(self) -> frozenset[bytes]:
+        return frozenset()  # the DHT knows nobody without a lookup
+
     def _rebuild(self) -> None:
         """Each remote node's interest = its patterns under every prefix still cached."""
         union: dict[bytes, dict[RemotePattern, None]] = {}
         for prefix in self._prefixes:
             for node_id, patterns in (self._prefixes.get(prefix) or {}).items():
                 union.setdefault(node_id, {}).update(dict.fromkeys(patterns))
-        router = self.pubsub.router
-        for node_id in router.remote_nodes():
-            if node_id not in union:
+        old, self.view = self.view, {node_id: tuple(p) for node_id, p in union.items()}
+        if self.on_view is not None:
+            self.on_view(self.view)
+            return
+        router = self.pubsub.router   # the only source: the router holds exactly this
+        for node_id in old:
+            if node_id not in self.view:
                 router.forget_remote(node_id)
-        for node_id, patterns in union.items():
-            router.set_remote(node_id, tuple(patterns))
+        for node_id, patterns in self.view.items():
+            router.set_remote(node_id, patterns)
+
+    def contact(self, node_id: bytes) -> tuple[str, int] | None:
+        """Where a node that advertised subscriptions said it listens (None: unknown)."""
+        return self._contacts.get(node_id)
 
     async def connect(self, node_id: bytes) -> "Session | None":
         contact = self._contacts.get(node_id)
@@ -189,3 +219,76 @@ class DhtInterest:
         return {**self.stats, "cached_prefixes": len(self._prefixes),
                 "advertised_prefixes": len(self._advertised)}
 
+
+class ClusterInterest:
+    """InterestSource: the cluster state for the members of this node's cluster, the
+    DHT (a DhtInterest it drives) for everyone else; see the module docstring."""
+
+    def __init__(self, pubsub: "PubSubService", dht: DhtInterest, cluster: "ClusterService") -> None:
+        self.pubsub = pubsub
+        self.dht = dht
+        self.cluster = cluster
+        self.node = pubsub.node
+        self.stats = dht.stats          # lookups, stores, ...: the DHT's work
+        self._cluster_view: dict[bytes, tuple[RemotePattern, ...]] = dict(cluster.remote_subscriptions())
+        self._push_handle: asyncio.Handle | None = None
+        dht.on_view = self._on_dht_view
+        cluster.on_subscriptions_changed(self._on_cluster_changes)
+        cluster.on_state_changed(self._on_cluster_state)
+        self._apply(self._cluster_view)
+
+    # -- InterestSource ---------------------------------------------------------------
+    def ready(self, topic: str) -> bool:
+        return self.dht.ready(topic)
+
+    async def resolve(self, topic: str) -> None:
+        await self.dht.resolve(topic)
+
+    def direct_nodes(self) -> set[bytes]:
+        return self.cluster.synced()
+
+    def local_changed(self) -> None:
+        self.dht.local_changed()
+        if self._push_handle is None:   # one update per burst handled in one loop pass
+            self._push_handle = self.dht.loop.call_soon(self._push)
+
+    async def connect(self, node_id: bytes) -> "Session | None":
+        addr = self.cluster.member_address(node_id) or self.dht.contact(node_id)
+        if addr is None:
+            return None
+        return await self.node.pool.connect(*addr)
+
+    # -- the two sources ----------------------------------------------------------------
+    def _push(self) -> None:
+        self._push_handle = None
+        self.cluster.set_local_subscriptions(self.pubsub.router.local_patterns())
+
+    def _on_cluster_changes(self, changes: dict[bytes, tuple[RemotePattern, ...]]) -> None:
+        for node_id, patterns in changes.items():
+            if patterns:
+                self._cluster_view[node_id] = patterns
+            else:
+                self._cluster_view.pop(node_id, None)
+        self._apply(changes)
+
+    def _on_cluster_state(self, name: str) -> None:
+        if name == "nodes":   # a member's metadata arrived: it may be synced now
+            self._apply(self.dht.view)
+
+    def _on_dht_view(self, view: dict[bytes, tuple[RemotePattern, ...]]) -> None:
+        # the nodes it names now, and those it named before (still in the router)
+        self._apply(view.keys() | set(self.pubsub.router.remote_nodes()))
+
+    def _apply(self, nodes: Iterable[bytes]) -> None:
+        """Write the merged interest of ``nodes`` into the router."""
+        router = self.pubsub.router
+        synced = self.cluster.synced()
+        dht = self.dht.view
+        for node_id in nodes:
+            mine = self._cluster_view.get(node_id, ())
+            if node_id in synced:
+                patterns = mine
+            else:
+                theirs = dht.get(node_id, ())
+                patterns = tuple(dict.fromkeys(mine + theirs)) if mine and theirs else mine or theirs
+            router.set_remote(node_id, patterns)   # empty: forgotten

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from typing import Iterable, NamedTuple
+from typing import Collection, Iterable, NamedTuple
 
 from macula.errors import Overloaded
 from macula.pubsub.topics import TopicError, matches, validate_pattern, validate_topic
@@ -121,6 +121,8 @@ class PubSubRouter:
         if not pats:
             self.forget_remote(node_id)
             return
+        if self._remote.get(node_id) == pats:
+            return  # unchanged: keep the cached plans
         parsed = []
         for rp in pats:
             try:
@@ -180,6 +182,27 @@ class PubSubRouter:
         route = Route(list(plan.local), {n: (True, ()) for n in plan.remote})
         for group, members in plan.groups:
             chosen = self._pick(members)
+            if chosen[0] == "local":
+                route.local.append(chosen[1])
+            else:
+                plain, served = route.remote.get(chosen[1], (False, ()))
+                route.remote[chosen[1]] = (plain, served + (group,))
+        return route
+
+    def route_rest(self, topic: str, exclude: Collection[bytes],
+                   settled: Collection[str]) -> Route:
+        """The rest of a publish that was routed in part before the topic's remote
+        interest was known (pubsub/service.py): the remote nodes outside ``exclude``
+        with plain subscriptions, and one member of every group not in ``settled``,
+        picked among the remote members outside ``exclude`` (among all members, local
+        ones included, when there are none: better out of order than lost)."""
+        plan = self.plan(topic)
+        route = Route([], {n: (True, ()) for n in plan.remote if n not in exclude})
+        for group, members in plan.groups:
+            if group in settled:
+                continue
+            eligible = [m for m in members if m[0] == "remote" and m[1] not in exclude]
+            chosen = self._pick(eligible or members)
             if chosen[0] == "local":
                 route.local.append(chosen[1])
             else:

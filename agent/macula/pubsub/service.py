@@ -1,9 +1,22 @@
 """Pub/sub on a node (edge): clients' SUBSCRIBE / PUBLISH, routed publishes from other
 nodes, and delivery into bounded per-client outboxes.
 
-Remote interest comes from an ``InterestSource`` (the DHT, see pubsub/interest.py);
-until a topic's remote interest is known, its publishes wait in a bounded per-topic
-queue so that order per publisher per topic is kept.
+Remote interest comes from an ``InterestSource`` (pubsub/interest.py): the cluster's
+replicated subscriptions for the members of this node's cluster, the DHT for every
+other node. Until a topic's DHT answer is known (``ready``), its publishes wait in a
+bounded per-topic queue for the nodes outside the cluster, while the nodes whose
+interest the cluster already knows (``direct_nodes``, fixed when the wait begins)
+get them at once:
+
+- a node in that set gets each publish at once or not at all, never from the queue;
+- every other node gets only what the queue holds once the lookup ends, in order,
+  and nothing at once until the queue has drained (the topic stays "waiting").
+
+So no subscriber node gets a later publish before an earlier one of the same topic
+from this node. A queue group's member is picked when the publish is made; a pick
+that fell on a node outside the set is made again after the lookup, among the nodes
+outside the set. With no cluster members the set is empty and every remote node
+waits for the lookup, as before.
 """
 
 from __future__ import annotations
@@ -11,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter, deque
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Collection, Protocol
 
 from macula.errors import ErrorCode, MaculaError
 from macula.pubsub.router import LocalSub, PubSubRouter, Route
@@ -35,8 +48,22 @@ class InterestSource(Protocol):
 
     def ready(self, topic: str) -> bool: ...            # remote interest for topic is known
     async def resolve(self, topic: str) -> None: ...     # learn it (updates the router)
+    def direct_nodes(self) -> Collection[bytes]: ...     # nodes known without any lookup
     def local_changed(self) -> None: ...                 # our subscriptions changed
     async def connect(self, node_id: bytes) -> Session | None: ...
+
+
+class _Waiting:
+    """A topic's publishes waiting for its remote interest (see the module docstring)."""
+
+    __slots__ = ("direct", "queue")
+
+    def __init__(self, direct: frozenset[bytes], maxlen: int) -> None:
+        self.direct = direct
+        self.queue: deque[tuple[bytes, Any, Any, frozenset[str]]] = deque(maxlen=maxlen)
+
+
+_NONE: frozenset = frozenset()
 
 
 class PubSubService:
@@ -51,11 +78,11 @@ class PubSubService:
         self.pending_per_topic = pending_per_topic
         self.interest: InterestSource | None = None
         self._outboxes: dict[bytes, Outbox] = {}
-        self._waiting: dict[str, deque] = {}   # topic -> publishes waiting for interest
+        self._waiting: dict[str, _Waiting] = {}   # topic -> publishes waiting for interest
         self._dialing: dict[bytes, deque] = {}  # node -> frames waiting for its session
         self._unreachable: dict[bytes, float] = {}  # node -> skip it until then
         self.stats = {"published": 0, "delivered": 0, "routed_out": 0, "routed_in": 0,
-                      "dropped": 0, "waiting_dropped": 0}
+                      "dropped": 0, "waiting_dropped": 0, "routed_early": 0}
         # PUBSUB_ROUTE frames per peer node: what proves there is no amplification
         self.routed_to: Counter[bytes] = Counter()
         self.routed_from: Counter[bytes] = Counter()
@@ -111,42 +138,60 @@ class PubSubService:
 
         Local subscribers get it at once. Remote nodes get one frame each as soon as the
         topic's remote interest is known; until then the topic's publishes wait, in
-        order and bounded, for the lookup.
+        order and bounded, for the lookup, except for the nodes the cluster knows.
         """
         self.stats["published"] += 1
         interest = self.interest
-        plan = self.router.plan(topic, interest is not None)
-        if not plan.groups and not plan.remote:  # the common case: plain local subscribers
-            if plan.local:
-                self._deliver_local(plan.local, topic, payload, reply_to, headers)
-            if interest is None or (topic not in self._waiting and interest.ready(topic)):
+        plan = self.router.plan(topic, interest is not None)  # raises TopicError first
+        waiting = self._waiting.get(topic)
+        if interest is None or (waiting is None and interest.ready(topic)):
+            if not plan.groups and not plan.remote:  # the common case: plain local subscribers
+                if plan.local:
+                    self._deliver_local(plan.local, topic, payload, reply_to, headers)
                 return
-            route = None  # local part done; the remote part is still unknown
-        else:
             route = self.router.route(topic, include_remote=interest is not None)
             if route.local:
                 self._deliver_local(route.local, topic, payload, reply_to, headers)
-            if interest is None:
-                return
-            if topic not in self._waiting and interest.ready(topic):
-                self._send_remote(route, topic, payload, reply_to, headers)
-                return
-        waiting = self._waiting.get(topic)
+            self._send_remote(route, topic, payload, reply_to, headers)
+            return
+        # the topic's remote interest is being looked up
         if waiting is None:
-            waiting = self._waiting[topic] = deque(maxlen=self.pending_per_topic)
+            waiting = self._waiting[topic] = _Waiting(frozenset(interest.direct_nodes()),
+                                                      self.pending_per_topic)
             asyncio.get_running_loop().create_task(self._resolve(topic))
-        if len(waiting) == waiting.maxlen:
+        settled = _NONE
+        if not plan.groups and not plan.remote:
+            if plan.local:
+                self._deliver_local(plan.local, topic, payload, reply_to, headers)
+        else:
+            route = self.router.route(topic)
+            if route.local:
+                self._deliver_local(route.local, topic, payload, reply_to, headers)
+            direct = waiting.direct
+            now = Route([], {n: part for n, part in route.remote.items() if n in direct})
+            if now.remote:
+                self._send_remote(now, topic, payload, reply_to, headers)
+                self.stats["routed_early"] += len(now.remote)
+            if plan.groups:  # groups served now; the others are picked again later
+                settled = frozenset([s.group for s in route.local if s.group is not None]
+                                    + [g for _, groups in now.remote.values() for g in groups])
+        if len(waiting.queue) == waiting.queue.maxlen:
             self.stats["waiting_dropped"] += 1
-        waiting.append((payload, reply_to, headers))
+        waiting.queue.append((payload, reply_to, headers, settled))
 
     async def _resolve(self, topic: str) -> None:
         try:
             await self.interest.resolve(topic)
         except Exception as exc:  # unresolved interest: the remote part of these is lost
             log.info("interest lookup for %r failed: %s", topic, exc)
-        waiting = self._waiting.pop(topic, deque())
-        for payload, reply_to, headers in waiting:  # in arrival order
-            route = self.router.route(topic)  # groups pick a member per message
+        waiting = self._waiting.pop(topic, None)
+        if waiting is None:
+            return
+        for payload, reply_to, headers, settled in waiting.queue:  # in arrival order
+            # groups still to serve pick a member per message
+            route = self.router.route_rest(topic, waiting.direct, settled)
+            if route.local:
+                self._deliver_local(route.local, topic, payload, reply_to, headers)
             self._send_remote(route, topic, payload, reply_to, headers)
 
     def _deliver_local(self, subs, topic: str, payload: bytes, reply_to, headers) -> None:
@@ -197,6 +242,8 @@ class PubSubService:
             log.debug("cannot reach subscriber node %s: %s", node_id.hex()[:12], exc)
             session = None
         queue = self._dialing.pop(node_id, deque())
+        if session is not None and (session.peer is None or session.peer.node_id != node_id):
+            session = None  # the address now belongs to another node
         if session is None:
             now = self.node.endpoint.loop.time()
             if len(self._unreachable) >= 1024:  # bounded: forget backoffs that are over
@@ -206,6 +253,9 @@ class PubSubService:
             return
         self._unreachable.pop(node_id, None)
         outbox = self._outbox_for_node(node_id)
+        if outbox is None:  # closed again at once
+            self.stats["dropped"] += len(queue)
+            return
         for frame in queue:  # in order, before anything newer
             outbox.put(frame)
 

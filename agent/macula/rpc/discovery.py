@@ -4,6 +4,13 @@ A node advertises each procedure its clients registered while at least one clien
 serves it, and withdraws it when the last one leaves. Callers cache what discovery
 found for ``cache_ttl`` seconds; an empty answer is cached for less, so a provider
 that appears is found quickly while "no responders" stays cheap.
+
+Inside a cluster (``ClusterProviders``) the members' registrations come from the
+cluster state, replicated by gossip (macula.cluster): a caller takes the members that
+serve a procedure at once, with no lookup, and asks the DHT only when no member does.
+A synced member (``ClusterService.synced``) that the cluster does not list is not
+taken from a DHT answer either: it unregistered, and its record has not gone yet.
+Members still advertise in the DHT, for nodes outside the cluster.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ from macula.runtime.clock import MonotonicClock
 from macula.runtime.ttlcache import TTLCache
 
 if TYPE_CHECKING:
+    from macula.cluster.service import ClusterService
     from macula.dht.service import DhtService
     from macula.rpc.service import RpcService
     from macula.transport.session import Session
@@ -87,3 +95,56 @@ class DhtProviders:
         except Exception:
             self.forget(node_id)
             raise
+
+
+class ClusterProviders:
+    """ProviderSource: cluster members that serve a procedure first (the cluster
+    state, no lookup), else what the DHT (a DhtProviders it drives) finds."""
+
+    def __init__(self, rpc: "RpcService", dht: DhtProviders, cluster: "ClusterService") -> None:
+        self.rpc = rpc
+        self.dht = dht
+        self.cluster = cluster
+        self.node = rpc.node
+        self.stats = dht.stats   # discoveries, advertised, withdrawn: the DHT's work
+        # a member whose dial failed is skipped for a while (the cluster may not know yet)
+        self._unreachable: TTLCache[bytes, bool] = TTLCache(cluster.settings.max_members,
+                                                            UNREACHABLE_BACKOFF, MonotonicClock())
+
+    def cached(self, procedure: str) -> list[bytes] | None:
+        members = self._members(procedure)
+        if members:
+            return members
+        found = self.dht.cached(procedure)
+        return found if not found else self._outsiders(found)
+
+    async def discover(self, procedure: str) -> list[bytes]:
+        members = self._members(procedure)
+        if members:
+            return members
+        found = await self.dht.discover(procedure)
+        return self._outsiders(found) if found else found
+
+    def local_changed(self, procedure: str, served: bool) -> None:
+        self.dht.local_changed(procedure, served)
+        self.cluster.set_local_procedures(set(self.rpc.local_procedures()))
+
+    async def connect(self, node_id: bytes, timeout: float) -> "Session | None":
+        addr = self.cluster.member_address(node_id)
+        if addr is None:
+            return await self.dht.connect(node_id, timeout)
+        try:
+            return await self.node.pool.connect(*addr, timeout=timeout)
+        except Exception:
+            self._unreachable.set(node_id, True)
+            raise
+
+    def forget(self, node_id: bytes) -> None:
+        self.dht.forget(node_id)   # cluster members leave the views by membership
+
+    def _members(self, procedure: str) -> list[bytes]:
+        return [n for n in self.cluster.providers(procedure) if n not in self._unreachable]
+
+    def _outsiders(self, nodes: list[bytes]) -> list[bytes]:
+        synced = self.cluster.synced()
+        return [n for n in nodes if n not in synced]

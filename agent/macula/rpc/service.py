@@ -1,6 +1,7 @@
 """RPC on a node (edge): clients REGISTER procedures and CALL them; the node picks a
-provider (its own clients or, through discovery, another node), forwards the call and
-relays the reply.
+provider (its own clients or another node: a member of its cluster that serves the
+procedure, known at once from the cluster state, else one discovered through the DHT),
+forwards the call and relays the reply.
 
 - No provider anywhere: NO_RESPONDERS at once (as NATS does), no waiting for a timeout.
 - A call that outlives its timeout gets CALL_TIMEOUT from the node; a late reply is dropped.
@@ -31,7 +32,8 @@ log = logging.getLogger("macula.rpc")
 
 
 class ProviderSource(Protocol):
-    """Remote providers of a procedure, found through discovery (the DHT)."""
+    """Remote providers of a procedure: the cluster's replicated registrations and
+    discovery through the DHT (rpc/discovery.py)."""
 
     def cached(self, procedure: str) -> list[bytes] | None: ...     # None: not known yet
     async def discover(self, procedure: str) -> list[bytes]: ...
@@ -173,6 +175,8 @@ class RpcService:
             log.debug("provider %s unreachable: %s", provider.hex()[:12], exc)
         if self.table.get(call.call_id) is not call:
             return  # answered or timed out meanwhile
+        if session is not None and (session.peer is None or session.peer.node_id != provider):
+            session = None  # the address now belongs to another node
         if session is None:
             self._dispatch(call, remote)
         else:
