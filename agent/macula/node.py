@@ -151,7 +151,8 @@ class Node:
         from macula.dht.ids import CLIENT_CAP
 
         caps = ("node", CLIENT_CAP) if self.cfg.dht.mode == "client" else ("node",)
-        return caps + (cluster_cap(self.cfg.cluster.name),)
+        name = self.cfg.cluster.name
+        return caps + (cluster_cap(name),) if name else caps
 
     def _start_services(self) -> None:
         from macula.cluster import ClusterService, ClusterSettings
@@ -279,6 +280,7 @@ class Node:
             "dht": self.dht.status() if self.dht else None,
             "pubsub": self.pubsub.status() if self.pubsub else None,
             "rpc": self.rpc.status() if self.rpc else None,
+            "cluster": self.cluster.status() if self.cluster else None,
         }
 
     async def wait_stopped(self) -> None:

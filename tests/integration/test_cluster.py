@@ -24,7 +24,7 @@ from macula.transport import Endpoint
 
 # Probing twice a second keeps the tests short and is still far from loopback RTTs.
 # Failure then takes at least suspicion_mult * probe_interval = 2 s.
-FAST = {"probe_interval": 0.5, "probe_timeout": 0.25, "suspicion_mult": 4}
+FAST = {"name": "home", "probe_interval": 0.5, "probe_timeout": 0.25, "suspicion_mult": 4}
 MIN_SUSPICION = FAST["suspicion_mult"] * FAST["probe_interval"]
 
 

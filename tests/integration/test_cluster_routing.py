@@ -19,7 +19,7 @@ from macula.client import CallError, connect
 from macula.errors import ErrorCode
 from macula.node import Node
 
-FAST = {"probe_interval": 0.5, "probe_timeout": 0.25, "suspicion_mult": 4}
+FAST = {"name": "home", "probe_interval": 0.5, "probe_timeout": 0.25, "suspicion_mult": 4}
 
 
 async def start_cluster(tmp: Path, n: int) -> list[Node]:

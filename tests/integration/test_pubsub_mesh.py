@@ -21,7 +21,7 @@ def routing(request) -> str:
 
 async def mesh(tmp_path, n: int, routing: str, **kw):
     def cluster(i: int) -> dict:
-        return {"name": f"solo{i}"} if routing == "dht" else {}
+        return {} if routing == "dht" else {"name": "home"}  # unnamed: a cluster of one
 
     seed = await start_node(tmp_path, "n0", cluster=cluster(0), **kw)
     nodes = [seed] + [await start_node(tmp_path, f"n{i}", seeds=(addr(seed),), cluster=cluster(i), **kw)

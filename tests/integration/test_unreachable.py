@@ -87,3 +87,17 @@ async def test_a_call_through_a_frozen_node_fails_by_the_sdk_guard(tmp_path):
         if client is not None:
             await client.close()
         node.kill()
+
+
+async def test_an_icmp_error_for_a_closing_connection_is_ignored(tmp_path):
+    a = await start_node(tmp_path, "a")
+    b = await start_node(tmp_path, "b", seeds=(f"127.0.0.1:{a.listen_address[1]}",))
+    try:
+        await until(lambda: peer_names(a) == {"b"}, what="b joined")
+        link = a.pool.peers()[0].link
+        link.conn.close(error_code=0, reason_phrase="test")  # qh3 now refuses a PING
+        link._peer_unreachable()  # must not raise
+        assert link._probe is None
+    finally:
+        await b.stop()
+        await a.stop()

@@ -22,7 +22,7 @@ def load(tmp_path, toml: str = "", env: dict | None = None, limits: dict | None 
 
 def test_defaults_come_from_the_section_and_the_hardware_profile(tmp_path):
     cfg = load(tmp_path)
-    assert cfg.cluster.name == "default" and cfg.cluster.max_members == 64
+    assert cfg.cluster.name == "" and cfg.cluster.max_members == 10
     assert (cfg.limits.gossip_fanout, cfg.limits.gossip_interval) == (3, 0.5)   # generic profile
     s = ClusterSettings.from_config(cfg)
     assert (s.gossip_fanout, s.gossip_interval, s.max_message_bytes) == (3, 0.5, 64 * 1024)

@@ -67,8 +67,8 @@ class ClusterMember(NamedTuple):
 
 @dataclass(frozen=True)
 class ClusterSettings:
-    name: str = "default"
-    max_members: int = 64
+    name: str = ""               # empty: a cluster of one (clusters are named on purpose)
+    max_members: int = 10
     probe_interval: float = 1.0
     probe_timeout: float = 0.5
     suspicion_mult: int = 4
@@ -125,7 +125,8 @@ class ClusterService:
         assert node.pool is not None and node.endpoint is not None
         self.node = node
         self.settings = settings
-        self.cap = cluster_cap(settings.name)
+        # no name: this node is a cluster of one, and no session is a member's
+        self.cap = cluster_cap(settings.name) if settings.name else None
         self._loop = node.endpoint.loop
         self._rng = rng or random.Random(os.urandom(16))
         s = settings
@@ -293,7 +294,8 @@ class ClusterService:
     # ---- from the node ------------------------------------------------------------------
     def _is_member_session(self, session: Session) -> bool:
         peer = session.peer
-        return peer is not None and peer.role == "node" and self.cap in peer.caps
+        return (self.cap is not None and peer is not None and peer.role == "node"
+                and self.cap in peer.caps)
 
     def _on_message(self, session: Session, msg: Any) -> None:
         if self._stopped:

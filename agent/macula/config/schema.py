@@ -184,20 +184,23 @@ CLUSTER_NAME_MAX = 24  # "cluster:" + name must fit a 32-character CONNECT capab
 
 
 def cluster_name(v: Any) -> None:
-    if not (NAME_RE.fullmatch(v) and len(v) <= CLUSTER_NAME_MAX):
-        raise ValueError(f"1-{CLUSTER_NAME_MAX} characters of A-Z a-z 0-9 . _ -, starting with "
-                         "a letter or digit")
+    if v != "" and not (NAME_RE.fullmatch(v) and len(v) <= CLUSTER_NAME_MAX):
+        raise ValueError(f"empty, or 1-{CLUSTER_NAME_MAX} characters of A-Z a-z 0-9 . _ -, "
+                         "starting with a letter or digit")
 
 
 @dataclass(frozen=True)
 class ClusterConfig:
     """The nodes of one realm with the same cluster name share membership and state
     (services, subscriptions, node metadata) by gossip; see docs/CRDT.md."""
-    name: str = _opt("cluster this node belongs to; seeds should include a member of it",
-                     cluster_name, default="default")
-    max_members: int = _opt("members this node admits (itself included); capped at "
+    name: str = _opt("cluster this node belongs to (the nodes of a home or office, 1-10); "
+                     "seeds should include a member of it. Empty: a cluster of one, and "
+                     "the node meets others through the mesh (DHT) only",
+                     cluster_name, default="")
+    max_members: int = _opt("members this node admits (itself included); a cluster is a "
+                            "home or office (1-10 nodes), larger groups federate; capped at "
                             "limits.max_peers, since members keep sessions to each other",
-                            int_range(2, 4096), default=64)
+                            int_range(2, 4096), default=10)
     probe_interval: float = _opt("seconds between failure-detector probes (one member each)",
                                  float_range(0.05, 60), default=1.0)
     probe_timeout: float = _opt("seconds to wait for a probe's ack before asking others to "

@@ -207,7 +207,10 @@ class QuicLink:
         loss = getattr(self.conn, "_loss", None)  # qh3 internals: best effort
         rtt = getattr(loss, "_rtt_smoothed", 0.0) or 0.0
         self._probe_uid += 1
-        self.conn.send_ping(self._probe_uid)
+        try:
+            self.conn.send_ping(self._probe_uid)
+        except QuicConnectionError:
+            return  # already closing: its ConnectionTerminated follows
         self._probe = loop.call_later(max(PROBE_MIN, 4 * rtt), self._probe_expired)
         self.endpoint.stats["unreachable_probes"] += 1
         self.endpoint.mark_dirty(self)
