@@ -55,11 +55,33 @@ class Traffic:
         sub = dashboard.subscribe("demo.sensors.>")
         await dashboard.flush()
         await calculator.flush()
+        await self._until_gossiped(sensor_node, dash_node, caller_node, calc_node)
         self.log(f"sensor on {sensor_node.name} publishes demo.sensors.<room>.temp; dashboard on "
                  f"{dash_node.name} subscribes demo.sensors.>; calculator on {calc_node.name} "
                  f"serves demo.add; caller on {caller_node.name} calls it")
         self.tasks = [asyncio.ensure_future(x) for x in (
             self._publish(sensor), self._watch(sub, dash_node.name), self._call(caller))]
+
+    async def _until_gossiped(self, sensor_node: Node, dash_node: Node, caller_node: Node,
+                              calc_node: Node) -> None:
+        """Inside one cluster the subscription and the provider spread by gossip: wait
+        (bounded) until the publishing and calling nodes know them, and say how long."""
+        def same(a: Node, b: Node) -> bool:
+            return a is not b and a.cfg.cluster.name == b.cfg.cluster.name
+
+        def known() -> bool:
+            return ((not same(sensor_node, dash_node)
+                     or dash_node.node_id in sensor_node.cluster.remote_subscriptions())
+                    and (not same(caller_node, calc_node)
+                         or calc_node.node_id in caller_node.cluster.providers("demo.add")))
+
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        while not known() and loop.time() - t0 < 3.0:
+            await asyncio.sleep(0.01)
+        if known():
+            self.log(f"subscription and provider known across the cluster after "
+                     f"{(loop.time() - t0) * 1000:.0f} ms of gossip")
 
     async def _publish(self, sensor: Client) -> None:
         i = 0
@@ -112,7 +134,9 @@ async def run_demo(nodes: int, duration: float, realm: str = "demo") -> int:
             cfg = replace(base, node={"name": f"node-{i}", "realm": realm,
                                       "state_dir": str(Path(tmp) / f"node-{i}")},
                           network={"listen_host": "127.0.0.1", "listen_port": 0, "seeds": seeds},
-                          timeouts={"keepalive": 1.0, "shutdown": 1.0})
+                          timeouts={"keepalive": 1.0, "shutdown": 1.0},
+                          # homes of up to 10 nodes: state by gossip inside, the DHT between
+                          cluster={"name": f"home-{i // 10}"})
             return Node(cfg, control=False)
 
         traffic = Traffic(started)
