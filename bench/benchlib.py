@@ -19,10 +19,11 @@ def child_env() -> dict[str, str]:
     return env
 
 
-def spawn(module: str, *args: str) -> subprocess.Popen:
+def spawn(module: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
     """Start ``python -m module args`` (a bench role) with its stdout piped."""
     return subprocess.Popen([sys.executable, "-m", module, *args], stdout=subprocess.PIPE,
-                            stderr=None, text=True, env=child_env(), cwd=str(HERE))
+                            stderr=None, text=True, env=child_env() | (env or {}),
+                            cwd=str(HERE))
 
 
 def read_json_line(proc: subprocess.Popen, timeout: float = 60.0) -> dict:
@@ -122,15 +123,24 @@ class Servers:
             stop(p)
 
 
+_runs = 0
+
+
 def pubsub_run(system: str, sub_addr: str, pub_addr: str, n: int, size: int,
                latency: bool = False) -> dict:
-    """One subscriber and one publisher process; the subscriber's report."""
+    """One subscriber and one publisher process; the subscriber's report.
+
+    Each run has a topic of its own: a node still caching "no remote subscriber" for
+    the last run's topic (macula's DHT interest cache, 3 s) does not decide this one."""
+    global _runs
+    _runs += 1
     kind = "lat-" if latency else ""
-    sub = spawn("mq_roles", f"{system}-{kind}sub", sub_addr, str(n))
+    env = {"MQ_TOPIC": f"bench.data.r{os.getpid()}x{_runs}"}
+    sub = spawn("mq_roles", f"{system}-{kind}sub", sub_addr, str(n), env=env)
     pub = None
     try:
         read_json_line(sub, 30)  # ready
-        pub = spawn("mq_roles", f"{system}-{kind}pub", pub_addr, str(n), str(size))
+        pub = spawn("mq_roles", f"{system}-{kind}pub", pub_addr, str(n), str(size), env=env)
         return read_json_line(sub, 120)
     finally:
         if pub is not None:

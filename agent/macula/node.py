@@ -175,7 +175,8 @@ class Node:
         self.pubsub = PubSubService(self, subscriber_queue_bytes=lim.subscriber_queue_bytes,
                                     total_queue_bytes=lim.send_buffer_total_bytes,
                                     max_subscriptions=lim.max_subscriptions,
-                                    max_per_client=lim.max_subscriptions_per_client)
+                                    max_per_client=lim.max_subscriptions_per_client,
+                                    publish_hold=self.cfg.timeouts.publish_hold)
         self.pubsub.interest = ClusterInterest(
             self.pubsub, DhtInterest(self.pubsub, self.dht, cache_entries=lim.cache_entries,
                                      record_ttl=self.cfg.dht.record_ttl), self.cluster)

@@ -83,8 +83,10 @@ async def test_bad_pattern_is_refused_without_harm(node):
 
 
 async def test_slow_subscriber_is_bounded_and_does_not_stall_others(tmp_path):
-    node = await start_node(tmp_path, "gw", limits={"subscriber_queue_bytes": 64 << 10,
-                                                      "send_buffer_bytes": 64 << 10})
+    # a stuck subscriber holds the publisher once (publish_hold), then drops its oldest
+    node = await start_node(tmp_path, "gw", publish_hold=0.3,
+                            limits={"subscriber_queue_bytes": 64 << 10,
+                                    "send_buffer_bytes": 64 << 10})
     try:
         pub = await connect(addr(node), realm="test")
         fast = await connect(addr(node), realm="test")
@@ -97,10 +99,15 @@ async def test_slow_subscriber_is_bounded_and_does_not_stall_others(tmp_path):
         node_session = node.pool.get(slow._pool.node_id)
         slow._pool.endpoint.loop.remove_reader(slow._pool.endpoint._sock.fileno())
         payload = b"x" * 1024
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
         for batch in range(100):  # 5 MB in batches a healthy subscriber keeps up with
             for i in range(50):
                 await pub.publish("flood", payload)
             await pub.flush()
+        outbox = node.pubsub._outboxes[slow._pool.node_id]
+        assert pub.held >= 1 and outbox.holds == 1    # held once, for publish_hold only
+        assert loop.time() - t0 < 10 and len(node.pubsub.gate) == 0
         await until(lambda: fast_sub.pending() == 5000, timeout=20, what="fast got everything")
         outbox = node.pubsub._outboxes[slow._pool.node_id]
         assert outbox.queued_bytes <= 64 << 10        # the node's queue stayed at its bound

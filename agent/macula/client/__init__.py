@@ -29,7 +29,8 @@ from macula.identity import (
 from macula.pubsub.topics import validate_pattern, validate_topic
 from macula.transport import Endpoint, PeerPool, PoolSettings, Session, SessionConfig
 from macula.wire.messages import (
-    Call, Deliver, Error, Ping, Publish, Register, Reply, Subscribe, Unregister, Unsubscribe,
+    Call, Deliver, Error, Ping, Publish, PubsubFlow, Register, Reply, Subscribe, Unregister,
+    Unsubscribe,
 )
 
 log = logging.getLogger("macula.client")
@@ -115,6 +116,11 @@ class Client:
         self._flushes: deque[asyncio.Future] = deque()
         self._valid_topics: set[str] = set()
         self._tasks: set[asyncio.Task] = set()
+        # back-pressure from the node (PUBSUB_FLOW): set while publishing may go on
+        self._may_publish = asyncio.Event()
+        self._may_publish.set()
+        self._hold_timer: asyncio.TimerHandle | None = None
+        self.held = 0  # times the node asked this client to hold back its publishes
         self.closed = asyncio.Event()
         pool.on_message = self._on_message
         pool.on_peer_down = self._on_down
@@ -132,7 +138,10 @@ class Client:
     # -- pub/sub ------------------------------------------------------------------------
     async def publish(self, topic: str, payload: bytes | str, *, reply_to: str | None = None,
                       headers: dict[str, str] | None = None) -> None:
-        """Publish; waits only when the connection's send buffer is full (back-pressure)."""
+        """Publish; waits while the node holds publishes back (a congested subscriber,
+        PUBSUB_FLOW, at most the hold it names) or the connection's send buffer is full."""
+        if not self._may_publish.is_set():
+            await self._may_publish.wait()
         if topic not in self._valid_topics:  # publishers reuse few topics: check each once
             validate_topic(topic)
             if len(self._valid_topics) >= 1024:
@@ -229,8 +238,23 @@ class Client:
                                                 code=_code(msg.error_code)))
         elif t is Call:
             self._serve(msg)
+        elif t is PubsubFlow:
+            self._flow(msg)
         elif t is Error:
             self._on_error(msg)
+
+    def _flow(self, msg: PubsubFlow) -> None:
+        if self._hold_timer is not None:
+            self._hold_timer.cancel()
+            self._hold_timer = None
+        if msg.paused and msg.hold_ms > 0:
+            self.held += 1
+            self._may_publish.clear()
+            # the node names the longest hold: never wait past it, even if the resume is lost
+            self._hold_timer = asyncio.get_running_loop().call_later(
+                min(msg.hold_ms, 60_000) / 1000.0, self._may_publish.set)
+        else:
+            self._may_publish.set()
 
     def _on_error(self, msg: Error) -> None:
         fut = self._calls.get(msg.ref_id) if msg.ref_id is not None else None
@@ -286,9 +310,13 @@ class Client:
                                             code=ErrorCode.GOING_AWAY))
         for sub in self._subs.values():
             sub._close()
+        self._may_publish.set()  # publishers wake and fail on the closed session
         self.closed.set()
 
     async def close(self) -> None:
+        if self._hold_timer is not None:
+            self._hold_timer.cancel()
+            self._may_publish.set()
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
@@ -326,7 +354,7 @@ async def connect(address: str, *, realm: str = "default", name: str = "client",
                   tls: TlsMaterial | None = None, ca_file: str | None = None,
                   cert_file: str | None = None, key_file: str | None = None,
                   state_dir: str | None = None, timeout: float = 10.0,
-                  send_buffer_bytes: int = 4 << 20) -> Client:
+                  send_buffer_bytes: int = 256 << 10) -> Client:
     """Attach to the node at ``address`` ('host:port').
 
     Development mode (default): an identity and certificate made for this process (or

@@ -137,6 +137,9 @@ class TimeoutsConfig:
     reconnect_cap: float = _opt("longest reconnect delay", float_range(0.1, 3600), default=30.0)
     shutdown: float = _opt("seconds to drain connections on shutdown", float_range(0, 60),
                            default=2.0)
+    publish_hold: float = _opt("longest a publisher is held back by a congested subscriber "
+                               "queue (back-pressure); past it that queue drops its oldest",
+                               float_range(0, 60), default=1.0)
 
 
 @dataclass(frozen=True)
@@ -151,7 +154,8 @@ class LimitsConfig:
     bad_frames_per_minute: int = _opt("protocol errors tolerated from a peer before it is "
                                       "disconnected", int_range(1, 100000))
     subscriber_queue_bytes: int = _opt("bytes queued per subscriber beyond its connection's "
-                                       "send buffer; the oldest is dropped past this",
+                                       "send buffer; publishers are held back past a "
+                                       "quarter of it, the oldest is dropped past all of it",
                                        int_range(4 << 10, 1 << 30))
     send_buffer_total_bytes: int = _opt("bytes queued for every subscriber together; the "
                                         "oldest of a growing queue is dropped past this",

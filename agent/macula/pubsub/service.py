@@ -29,10 +29,12 @@ from typing import TYPE_CHECKING, Any, Collection, Protocol
 from macula.errors import ErrorCode, MaculaError
 from macula.pubsub.router import LocalSub, PubSubRouter, Route
 from macula.pubsub.topics import TopicError
-from macula.transport.outbox import ByteBudget, Outbox
+from macula.transport.outbox import ByteBudget, FlowGate, Outbox
 from macula.transport.session import Session, State
 from macula.wire import encode
-from macula.wire.messages import Deliver, Error, Publish, PubsubRoute, Subscribe, Unsubscribe
+from macula.wire.messages import (
+    Deliver, Error, Publish, PubsubFlow, PubsubRoute, Subscribe, Unsubscribe,
+)
 
 if TYPE_CHECKING:
     from macula.node import Node
@@ -41,6 +43,9 @@ log = logging.getLogger("macula.pubsub")
 
 UNREACHABLE_BACKOFF = 10.0  # a subscriber node that failed a dial is skipped this long
 DIAL_QUEUE = 1024           # frames held for one subscriber node while it is dialled
+MAX_PEER_HOLD_MS = 10_000   # a peer node's PUBSUB_FLOW pause lasts at most this long
+WAITING_OVERHEAD = 96       # bytes charged per waiting publish beyond payload and topic
+WAITING_HOLD = 64 << 10     # a flood into a topic still being looked up is held from here
 
 
 class InterestSource(Protocol):
@@ -56,11 +61,13 @@ class InterestSource(Protocol):
 class _Waiting:
     """A topic's publishes waiting for its remote interest (see the module docstring)."""
 
-    __slots__ = ("direct", "queue")
+    __slots__ = ("direct", "queue", "bytes", "held")
 
-    def __init__(self, direct: frozenset[bytes], maxlen: int) -> None:
+    def __init__(self, direct: frozenset[bytes]) -> None:
         self.direct = direct
-        self.queue: deque[tuple[bytes, Any, Any, frozenset[str]]] = deque(maxlen=maxlen)
+        self.queue: deque[tuple[bytes, Any, Any, frozenset[str], int]] = deque()
+        self.bytes = 0                   # charged to the node's ByteBudget too
+        self.held: set[Session] = set()  # publishers held back until the lookup ends
 
 
 _NONE: frozenset = frozenset()
@@ -69,13 +76,14 @@ _NONE: frozenset = frozenset()
 class PubSubService:
     def __init__(self, node: "Node", *, subscriber_queue_bytes: int, total_queue_bytes: int,
                  max_subscriptions: int, max_per_client: int,
-                 pending_per_topic: int = 1024) -> None:
+                 publish_hold: float = 1.0) -> None:
         self.node = node
         self.router = PubSubRouter(max_subscriptions=max_subscriptions,
                                    max_per_owner=max_per_client)
         self.subscriber_queue_bytes = subscriber_queue_bytes
         self.budget = ByteBudget(total_queue_bytes)
-        self.pending_per_topic = pending_per_topic
+        # back-pressure: congested outboxes hold back the sessions that fed them
+        self.gate = FlowGate(PubsubFlow, publish_hold)
         self.interest: InterestSource | None = None
         self._outboxes: dict[bytes, Outbox] = {}
         self._waiting: dict[str, _Waiting] = {}   # topic -> publishes waiting for interest
@@ -93,6 +101,7 @@ class PubSubService:
         node.on(Subscribe, self._on_subscribe)
         node.on(Unsubscribe, self._on_unsubscribe)
         node.on(PubsubRoute, self._on_route)
+        node.on(PubsubFlow, self._on_flow)
         node.peer_listeners.append(self._on_peer)
 
     # -- from clients ----------------------------------------------------------------
@@ -115,14 +124,27 @@ class PubSubService:
 
     def _on_publish(self, session: Session, msg: Publish) -> None:
         try:
-            self.publish(msg.topic, msg.payload, msg.reply_to, msg.headers)
+            self.publish(msg.topic, msg.payload, msg.reply_to, msg.headers, source=session)
         except TopicError as exc:
             session.send(Error(int(exc.code), exc.message, msg.TYPE))
+
+    def _on_flow(self, session: Session, msg: PubsubFlow) -> None:
+        """A node we route to is congested (or no longer): pause our outbox toward it."""
+        if session.peer.role != "node":
+            return
+        outbox = self._outboxes.get(session.peer.node_id)
+        if outbox is None or outbox.session is not session:
+            return
+        if msg.paused:
+            outbox.pause(min(msg.hold_ms, MAX_PEER_HOLD_MS) / 1000.0)
+        else:
+            outbox.resume()
 
     def _on_peer(self, event: str, session: Session) -> None:
         if event != "down":
             return
         peer = session.peer
+        self.gate.forget(session)
         outbox = self._outboxes.get(peer.node_id)
         if outbox is not None and outbox.session is session:
             del self._outboxes[peer.node_id]
@@ -133,12 +155,14 @@ class PubSubService:
 
     # -- publishing ------------------------------------------------------------------
     def publish(self, topic: str, payload: bytes, reply_to: str | None = None,
-                headers: dict | None = None) -> None:
+                headers: dict | None = None, source: Session | None = None) -> None:
         """Publish from this node (for a client, or the node itself).
 
         Local subscribers get it at once. Remote nodes get one frame each as soon as the
         topic's remote interest is known; until then the topic's publishes wait, in
         order and bounded, for the lookup, except for the nodes the cluster knows.
+        ``source`` (the publishing session) is held back while an outbox it fed is
+        congested.
         """
         self.stats["published"] += 1
         interest = self.interest
@@ -147,37 +171,49 @@ class PubSubService:
         if interest is None or (waiting is None and interest.ready(topic)):
             if not plan.groups and not plan.remote:  # the common case: plain local subscribers
                 if plan.local:
-                    self._deliver_local(plan.local, topic, payload, reply_to, headers)
+                    self._deliver_local(plan.local, topic, payload, reply_to, headers, source)
                 return
             route = self.router.route(topic, include_remote=interest is not None)
             if route.local:
-                self._deliver_local(route.local, topic, payload, reply_to, headers)
-            self._send_remote(route, topic, payload, reply_to, headers)
+                self._deliver_local(route.local, topic, payload, reply_to, headers, source)
+            self._send_remote(route, topic, payload, reply_to, headers, source)
             return
         # the topic's remote interest is being looked up
         if waiting is None:
-            waiting = self._waiting[topic] = _Waiting(frozenset(interest.direct_nodes()),
-                                                      self.pending_per_topic)
+            waiting = self._waiting[topic] = _Waiting(frozenset(interest.direct_nodes()))
             asyncio.get_running_loop().create_task(self._resolve(topic))
         settled = _NONE
         if not plan.groups and not plan.remote:
             if plan.local:
-                self._deliver_local(plan.local, topic, payload, reply_to, headers)
+                self._deliver_local(plan.local, topic, payload, reply_to, headers, source)
         else:
             route = self.router.route(topic)
             if route.local:
-                self._deliver_local(route.local, topic, payload, reply_to, headers)
+                self._deliver_local(route.local, topic, payload, reply_to, headers, source)
             direct = waiting.direct
             now = Route([], {n: part for n, part in route.remote.items() if n in direct})
             if now.remote:
-                self._send_remote(now, topic, payload, reply_to, headers)
+                self._send_remote(now, topic, payload, reply_to, headers, source)
                 self.stats["routed_early"] += len(now.remote)
             if plan.groups:  # groups served now; the others are picked again later
                 settled = frozenset([s.group for s in route.local if s.group is not None]
                                     + [g for _, groups in now.remote.values() for g in groups])
-        if len(waiting.queue) == waiting.queue.maxlen:
+        # bounded like a subscriber's outbox: publishers held past a quarter of the
+        # bound, the oldest dropped past all of it (or past the node's budget)
+        n = len(payload) + len(topic) + WAITING_OVERHEAD
+        queue, budget, limit = waiting.queue, self.budget, self.subscriber_queue_bytes
+        queue.append((payload, reply_to, headers, settled, n))
+        waiting.bytes += n
+        budget.used += n
+        while queue and (waiting.bytes > limit or budget.used > budget.limit):
+            old = queue.popleft()[4]
+            waiting.bytes -= old
+            budget.used -= old
             self.stats["waiting_dropped"] += 1
-        waiting.queue.append((payload, reply_to, headers, settled))
+        if waiting.bytes > min(limit // 4, WAITING_HOLD) and source is not None \
+                and source not in waiting.held:
+            waiting.held.add(source)  # back-pressure: hold the publisher until the answer
+            self.gate.acquire(source)
 
     async def _resolve(self, topic: str) -> None:
         try:
@@ -187,14 +223,18 @@ class PubSubService:
         waiting = self._waiting.pop(topic, None)
         if waiting is None:
             return
-        for payload, reply_to, headers, settled in waiting.queue:  # in arrival order
+        self.budget.used -= waiting.bytes
+        for payload, reply_to, headers, settled, _ in waiting.queue:  # in arrival order
             # groups still to serve pick a member per message
             route = self.router.route_rest(topic, waiting.direct, settled)
             if route.local:
                 self._deliver_local(route.local, topic, payload, reply_to, headers)
             self._send_remote(route, topic, payload, reply_to, headers)
+        for source in waiting.held:  # after: a congested outbox may hold them on
+            self.gate.release(source)
 
-    def _deliver_local(self, subs, topic: str, payload: bytes, reply_to, headers) -> None:
+    def _deliver_local(self, subs, topic: str, payload: bytes, reply_to, headers,
+                       source: Session | None = None) -> None:
         outboxes = self._outboxes
         for sub in subs:
             outbox = outboxes.get(sub.owner)
@@ -202,11 +242,17 @@ class PubSubService:
                 session = self.node.pool.get(sub.owner)
                 if session is None:
                     continue
-                outbox = outboxes[sub.owner] = Outbox(session, self.subscriber_queue_bytes, self.budget)
-            outbox.put(encode(Deliver(sub.sub_id, topic, payload, reply_to, headers)))
+                outbox = outboxes[sub.owner] = self._new_outbox(session)
+            if not outbox.put(encode(Deliver(sub.sub_id, topic, payload, reply_to, headers))) \
+                    and source is not None:
+                outbox.hold(source)
         self.stats["delivered"] += len(subs)
 
-    def _send_remote(self, route: Route, topic: str, payload: bytes, reply_to, headers) -> None:
+    def _new_outbox(self, session: Session) -> Outbox:
+        return Outbox(session, self.subscriber_queue_bytes, self.budget, self.gate)
+
+    def _send_remote(self, route: Route, topic: str, payload: bytes, reply_to, headers,
+                     source: Session | None = None) -> None:
         """One PUBSUB_ROUTE per remote node (never more: no relaying, no amplification).
         A node without a session gets its frames queued (bounded) while it is dialled."""
         if not route.remote:
@@ -216,7 +262,8 @@ class PubSubService:
             frame = encode(PubsubRoute(origin, topic, payload, plain, groups, reply_to, headers))
             outbox = self._outbox_for_node(node_id)
             if outbox is not None and node_id not in self._dialing:
-                outbox.put(frame)
+                if not outbox.put(frame) and source is not None:
+                    outbox.hold(source)
             else:
                 self._queue_for_dial(node_id, frame)
             self.stats["routed_out"] += 1
@@ -266,7 +313,7 @@ class PubSubService:
         session = self.node.pool.get(node_id)
         if session is None:
             return None
-        outbox = self._outboxes[node_id] = Outbox(session, self.subscriber_queue_bytes, self.budget)
+        outbox = self._outboxes[node_id] = self._new_outbox(session)
         return outbox
 
     # -- from other nodes -------------------------------------------------------------
@@ -279,10 +326,11 @@ class PubSubService:
             subs = self.router.local_for_route(msg.topic, msg.plain, msg.groups)
         except TopicError:
             return
-        self._deliver_local(subs, msg.topic, msg.payload, msg.reply_to, msg.headers)
+        self._deliver_local(subs, msg.topic, msg.payload, msg.reply_to, msg.headers, session)
 
     def status(self) -> dict[str, Any]:
         dropped = self.stats["dropped"] + sum(o.dropped for o in self._outboxes.values())
         return {**self.stats, "dropped": dropped, "queued_bytes": self.budget.used,
+                "flow_pauses": self.gate.pauses, "held_now": len(self.gate),
                 "subscriptions": self.router.subscription_count(),
                 "remote_nodes": len(self.router.remote_nodes())}

@@ -1,17 +1,32 @@
-"""A bounded queue in front of a session, for traffic that may be dropped (deliveries).
+"""A bounded queue in front of a session, for deliveries, with back-pressure first and
+drop-oldest as the last resort.
 
 While the session has room, frames go straight to it. When its send buffer is at the
 bound (a slow reader, a congested link), frames wait here, up to ``max_bytes`` for this
 session and up to the node-wide ``budget`` for all queues together; past either, the
-OLDEST waiting frame is dropped and counted. A slow subscriber loses its oldest messages
-instead of stalling the node, other subscribers or the publisher, and memory stays
-bounded whatever the message sizes.
+OLDEST waiting frame is dropped and counted, so memory stays bounded whatever the
+message sizes and whoever ignores back-pressure.
+
+Before that bound is reached, back-pressure: once the queue holds more than ``high``
+bytes the outbox is congested, and ``put`` says so; the caller then ``hold``s the
+session that fed the frame (a publishing client, or the node that routed it), and a
+``FlowGate`` asks that session to pause (PUBSUB_FLOW). When the queue has drained to
+``low`` bytes every held session is released. A hold lasts at most ``max_hold``: a
+subscriber that stopped reading holds its publishers once, for that long, and then
+only loses its own oldest messages (it cannot stall a publisher, nor the node).
+
+A peer node can pause this outbox itself (``pause``): its own subscribers are
+congested. Frames then queue here, and the outbox counts as congested, so the pause
+travels back to the publisher. A peer pause ends after the time it names; while it
+lasts this outbox does not give up, it renews its holds: the node at the edge, where
+the slow subscriber is, is the one that gives up and drops.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import deque
+from typing import Any, Callable
 
 from macula.transport.session import Session, State
 
@@ -28,19 +43,75 @@ class ByteBudget:
         self.used = 0
 
 
-class Outbox:
-    __slots__ = ("session", "max_bytes", "budget", "_queue", "_bytes", "_drainer", "dropped",
-                 "sent")
+class FlowGate:
+    """Counts, per feeding session, the congested outboxes holding it back, and tells
+    the session when that count leaves or returns to zero."""
 
-    def __init__(self, session: Session, max_bytes: int, budget: ByteBudget) -> None:
+    def __init__(self, make_flow: Callable[[bool, int], Any], max_hold: float) -> None:
+        self.make_flow = make_flow        # (paused, hold_ms) -> a PUBSUB_FLOW message
+        self.max_hold = max_hold
+        self._held: dict[Session, int] = {}
+        self.pauses = 0                   # PUBSUB_FLOW paused frames sent
+
+    def held(self, session: Session) -> bool:
+        return session in self._held
+
+    def acquire(self, session: Session) -> None:
+        n = self._held.get(session, 0)
+        self._held[session] = n + 1
+        if n == 0:
+            self.pauses += 1
+            session.send_control(self.make_flow(True, int(self.max_hold * 1000)))
+
+    def refresh(self, session: Session) -> None:
+        """Still held: say so again before the session's own hold timer runs out."""
+        if session in self._held:
+            session.send_control(self.make_flow(True, int(self.max_hold * 1000)))
+
+    def release(self, session: Session) -> None:
+        n = self._held.get(session)
+        if n is None:
+            return
+        if n > 1:
+            self._held[session] = n - 1
+            return
+        del self._held[session]
+        session.send_control(self.make_flow(False, 0))
+
+    def forget(self, session: Session) -> None:
+        """The session is gone: nothing to tell it."""
+        self._held.pop(session, None)
+
+    def __len__(self) -> int:
+        return len(self._held)
+
+
+class Outbox:
+    __slots__ = ("session", "max_bytes", "budget", "gate", "high", "low", "_queue", "_bytes",
+                 "_drainer", "dropped", "sent", "_holders", "_hold_timer", "_gave_up",
+                 "_paused_until", "_resume", "holds")
+
+    def __init__(self, session: Session, max_bytes: int, budget: ByteBudget,
+                 gate: FlowGate | None = None) -> None:
         self.session = session
         self.max_bytes = max_bytes
         self.budget = budget
+        self.gate = gate
+        # congested above a quarter of the bound: the rest absorbs what the held
+        # sessions had already sent (a round trip and their send buffers)
+        self.high = max_bytes // 4
+        self.low = max_bytes // 8
         self._queue: deque[bytes] = deque()
         self._bytes = 0
         self._drainer: asyncio.Task | None = None
         self.dropped = 0
         self.sent = 0
+        self.holds = 0                     # sessions held back by this outbox, ever
+        self._holders: set[Session] = set()
+        self._hold_timer: asyncio.TimerHandle | None = None
+        self._gave_up = False              # held past max_hold: drop-oldest until drained
+        self._paused_until = 0.0           # a peer node asked us to wait (loop time)
+        self._resume: asyncio.Future | None = None
 
     def __len__(self) -> int:
         return len(self._queue)
@@ -49,19 +120,24 @@ class Outbox:
     def queued_bytes(self) -> int:
         return self._bytes
 
-    def put(self, frame: bytes) -> None:
-        if not self._queue and self.session.send_frame(frame):
+    @property
+    def paused(self) -> bool:
+        return self._paused_until > 0.0
+
+    def put(self, frame: bytes) -> bool:
+        """Queue ``frame``; False when the outbox is congested (the feeder should be held)."""
+        queue = self._queue
+        if not queue and not self._paused_until and self.session.send_frame(frame):
             self.sent += 1
-            return
+            return True
         if self.session.state is not State.ESTABLISHED:
             self.dropped += 1
-            return
+            return True
         n = len(frame)
-        self._queue.append(frame)
+        queue.append(frame)
         self._bytes += n
         budget = self.budget
         budget.used += n
-        queue = self._queue
         while queue and (self._bytes > self.max_bytes or budget.used > budget.limit):
             old = len(queue.popleft())  # drop the oldest: this queue's own, never another's
             self._bytes -= old
@@ -69,24 +145,95 @@ class Outbox:
             self.dropped += 1
         if self._drainer is None and queue:
             self._drainer = asyncio.get_running_loop().create_task(self._drain())
+        return self._bytes <= self.high and not self._paused_until
+
+    def hold(self, source: Session) -> None:
+        """Hold back ``source`` until this outbox drains (or ``max_hold`` passes)."""
+        gate = self.gate
+        if gate is None or self._gave_up or source in self._holders or source is self.session:
+            return
+        self._holders.add(source)
+        self.holds += 1
+        gate.acquire(source)
+        if self._hold_timer is None:
+            self._hold_timer = asyncio.get_running_loop().call_later(gate.max_hold,
+                                                                     self._hold_expired)
+
+    def _hold_expired(self) -> None:
+        self._hold_timer = None
+        if not self._holders:
+            return
+        gate = self.gate
+        if self._paused_until:
+            # the peer node holds us: its own hold is bounded and it gives up at its edge,
+            # where the stuck subscriber is; giving up here would only drop in the middle
+            for source in self._holders:
+                gate.refresh(source)
+            self._hold_timer = asyncio.get_running_loop().call_later(gate.max_hold / 2,
+                                                                     self._hold_expired)
+            return
+        self._gave_up = True  # still congested after max_hold: stop holding, drop oldest
+        self._release()
+
+    def _release(self) -> None:
+        if self._hold_timer is not None:
+            self._hold_timer.cancel()
+            self._hold_timer = None
+        holders, self._holders = self._holders, set()
+        gate = self.gate
+        for source in holders:
+            gate.release(source)
+
+    def _drained(self) -> None:
+        """Called as the queue shrinks: below ``low`` the congestion is over."""
+        if self._bytes <= self.low and not self._paused_until:
+            self._gave_up = False
+            if self._holders:
+                self._release()
+
+    # -- a peer node's own back-pressure ------------------------------------------------
+    def pause(self, seconds: float) -> None:
+        loop = asyncio.get_running_loop()
+        self._paused_until = loop.time() + max(0.001, seconds)
+        loop.call_later(max(0.001, seconds) + 0.001, self._pause_check)
+
+    def resume(self) -> None:
+        self._paused_until = 0.0
+        if self._resume is not None and not self._resume.done():
+            self._resume.set_result(None)
+        if self._queue and self._drainer is None and self.session.state is State.ESTABLISHED:
+            self._drainer = asyncio.get_running_loop().create_task(self._drain())
+        self._drained()
+
+    def _pause_check(self) -> None:
+        if self._paused_until and asyncio.get_running_loop().time() >= self._paused_until:
+            self.resume()
 
     async def _drain(self) -> None:
         session, queue, budget = self.session, self._queue, self.budget
         try:
             while queue and session.state is State.ESTABLISHED:
+                if self._paused_until:
+                    self._resume = asyncio.get_running_loop().create_future()
+                    await self._resume
+                    continue
                 while queue and session.send_frame(queue[0]):
                     n = len(queue.popleft())
                     self._bytes -= n
                     budget.used -= n
                     self.sent += 1
+                self._drained()
                 if queue:
                     await session.drain()
         except Exception:  # the session closed under us: what is left is dropped
             pass
         finally:
             self._drainer = None
+            self._resume = None
             if session.state is not State.ESTABLISHED:
                 self.close()
+            else:
+                self._drained()
 
     def close(self) -> None:
         if self._drainer is not None:
@@ -96,3 +243,6 @@ class Outbox:
         self.budget.used -= self._bytes
         self._bytes = 0
         self._queue.clear()
+        self._paused_until = 0.0
+        if self._holders:
+            self._release()

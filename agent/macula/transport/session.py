@@ -319,6 +319,11 @@ class Session:
         """Control frames bypass the send bound: they are small and must go out."""
         self.link.queue(encode(msg))
 
+    def send_control(self, msg: Any) -> None:
+        """A small frame that must go out even when the send buffer is full (flow control)."""
+        if self.state is State.ESTABLISHED:
+            self.link.queue(encode(msg))
+
     def send(self, msg: Any) -> bool:
         """Queue a message. False (and counted) when the send buffer is at its bound."""
         return self.send_frame(encode(msg))

@@ -33,6 +33,7 @@ class MsgType(IntEnum):
     UNSUBSCRIBE = 0x12
     PUBSUB_ROUTE = 0x13
     DELIVER = 0x14
+    PUBSUB_FLOW = 0x15
     # RPC
     CALL = 0x20
     REPLY = 0x21
@@ -235,6 +236,15 @@ class Deliver(NamedTuple):
     payload: Payload
     reply_to: Annotated[Any, Opt(Str(512, 1))] = None
     headers: Headers = None
+
+
+@message(MsgType.PUBSUB_FLOW)
+class PubsubFlow(NamedTuple):
+    """Back-pressure on publishes: a node whose outbox toward a subscriber is congested
+    asks the session that fed it (a publishing client, or the node that routed the
+    publishes) to hold back, for at most ``hold_ms``, or until ``paused`` False comes."""
+    paused: Annotated[bool, Bool()]
+    hold_ms: Annotated[int, U32] = 0
 
 
 # ---- RPC ----------------------------------------------------------------------------
