@@ -8,7 +8,10 @@ Per loop tick the endpoint reads every datagram the socket holds, feeds them to
 their connections in batches, and then flushes once: the frames queued on each
 link are handed to qh3 in one call and its datagrams are sent. Sends made outside
 that path schedule one flush with ``call_soon``, so N messages in a tick cost one
-transmit, not N (limits.md: 118-154k vs 13-15k calls/s).
+transmit, not N (limits.md: 118-154k vs 13-15k calls/s). One exception: while a large
+batch is being processed, a link that has a datagram's worth to send for the next hop
+sends it at once (``flush_ready``), so a node relaying 32 calls lets the provider start
+on the first ones while it works on the rest (RPC at 32 in flight: ~22k -> ~27k calls/s).
 
 A peer whose process died sends no CONNECTION_CLOSE, and QUIC alone would notice only
 at the idle timeout. The socket asks for ICMP errors (IP_RECVERR): a "port
@@ -48,6 +51,7 @@ ALPN = "macula/1"
 CID_LENGTH = 8
 MAX_DATAGRAM_SIZE = 1452     # Ethernet MTU minus IPv4/UDP headers; qh3 defaults to 1280
 MAX_DATAGRAM_FRAME_SIZE = 65536  # qh3 always advertises datagrams: say how large
+PIPELINE_BYTES = 768        # a link with this much queued is sent mid-batch (flush_ready)
 RECV_BATCH = 32             # reads per readiness callback: bursts are bounded so ACKs flow
 RECV_BUFFER = 1 << 16       # one GRO buffer holds up to 64 KiB
 SOL_UDP = 17                # Linux UDP-level options (the socket module lacks the names)
@@ -593,6 +597,22 @@ class Endpoint:
         if not self._flush_scheduled:
             self._flush_scheduled = True
             self.loop.call_soon(self._flush)
+
+    def flush_ready(self, current: QuicLink) -> None:
+        """Mid-batch: send what the other links have ready now (``PIPELINE_BYTES`` or
+        more queued) while ``current``'s batch is still being processed. A batch of
+        calls or publishes then reaches the next hop in parts, and the processes along
+        the path work at the same time instead of in turn (a convoy)."""
+        dirty = self._dirty
+        if len(dirty) < 2 and current in dirty:
+            return
+        ready = [link for link in dirty if link is not current
+                 and link._pending_bytes >= PIPELINE_BYTES]
+        if ready:
+            now = self.loop.time()
+            for link in ready:
+                dirty.discard(link)
+                link._transmit(now)
 
     def _flush(self) -> None:
         self._flush_scheduled = False

@@ -33,6 +33,7 @@ from macula.wire import PROTOCOL_VERSION, FrameDecoder, encode
 from macula.wire.messages import Connect, Connected, Error, GoAway, Ping, Pong
 
 log = logging.getLogger("macula.session")
+PIPELINE_EVERY = 8  # frames dispatched between looks at what other links have ready
 
 def error_from_close(code: int | None, reason: str) -> tuple[ErrorCode | None, str]:
     if code is not None and code >= CLOSE_CODE_BASE:
@@ -246,9 +247,13 @@ class Session:
             err = self._decoder.end_of_stream()
             if err is not None:
                 items.append(err)
+        k = 0
         for item in items:
             if self.state is State.CLOSED:
                 return
+            k += 1
+            if k % PIPELINE_EVERY == 0:  # forwarded frames leave before the batch ends
+                self.link.endpoint.flush_ready(self.link)
             if type(item) is ProtocolError:
                 self._bad_frame(item)
                 continue
