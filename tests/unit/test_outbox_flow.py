@@ -176,3 +176,14 @@ async def test_a_peer_paused_outbox_renews_its_holds_instead_of_giving_up():
     box.resume()
     await settle()
     assert pub.control[-1] == PubsubFlow(False, 0) and link.sent == [b"c" * 100]
+
+
+async def test_publish_hold_zero_turns_back_pressure_off():
+    gate = FlowGate(PubsubFlow, max_hold=0.0)
+    sub, pub = FakeSession(room=0), FakeSession()
+    box = Outbox(sub, 4000, ByteBudget(1 << 20), gate)
+    for f in frames(100):
+        if not box.put(f):
+            box.hold(pub)
+    gate.acquire(pub)
+    assert pub.control == [] and len(gate) == 0 and box.dropped == 60

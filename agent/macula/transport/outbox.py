@@ -57,6 +57,8 @@ class FlowGate:
         return session in self._held
 
     def acquire(self, session: Session) -> None:
+        if self.max_hold <= 0:  # back-pressure turned off: drop-oldest only
+            return
         n = self._held.get(session, 0)
         self._held[session] = n + 1
         if n == 0:
@@ -150,7 +152,8 @@ class Outbox:
     def hold(self, source: Session) -> None:
         """Hold back ``source`` until this outbox drains (or ``max_hold`` passes)."""
         gate = self.gate
-        if gate is None or self._gave_up or source in self._holders or source is self.session:
+        if gate is None or self._gave_up or source in self._holders or source is self.session \
+                or gate.max_hold <= 0:
             return
         self._holders.add(source)
         self.holds += 1
