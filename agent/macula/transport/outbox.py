@@ -91,7 +91,7 @@ class FlowGate:
 class Outbox:
     __slots__ = ("session", "max_bytes", "budget", "gate", "high", "low", "_queue", "_bytes",
                  "_drainer", "dropped", "sent", "_holders", "_hold_timer", "_gave_up",
-                 "_paused_until", "_resume", "holds")
+                 "_paused_until", "_pause_timer", "_resume", "holds")
 
     def __init__(self, session: Session, max_bytes: int, budget: ByteBudget,
                  gate: FlowGate | None = None) -> None:
@@ -113,6 +113,7 @@ class Outbox:
         self._hold_timer: asyncio.TimerHandle | None = None
         self._gave_up = False              # held past max_hold: drop-oldest until drained
         self._paused_until = 0.0           # a peer node asked us to wait (loop time)
+        self._pause_timer: asyncio.TimerHandle | None = None
         self._resume: asyncio.Future | None = None
 
     def __len__(self) -> int:
@@ -197,20 +198,22 @@ class Outbox:
     # -- a peer node's own back-pressure ------------------------------------------------
     def pause(self, seconds: float) -> None:
         loop = asyncio.get_running_loop()
-        self._paused_until = loop.time() + max(0.001, seconds)
-        loop.call_later(max(0.001, seconds) + 0.001, self._pause_check)
+        seconds = max(0.001, seconds)
+        self._paused_until = loop.time() + seconds
+        if self._pause_timer is not None:
+            self._pause_timer.cancel()
+        self._pause_timer = loop.call_later(seconds, self.resume)
 
     def resume(self) -> None:
+        if self._pause_timer is not None:
+            self._pause_timer.cancel()
+            self._pause_timer = None
         self._paused_until = 0.0
         if self._resume is not None and not self._resume.done():
             self._resume.set_result(None)
         if self._queue and self._drainer is None and self.session.state is State.ESTABLISHED:
             self._drainer = asyncio.get_running_loop().create_task(self._drain())
         self._drained()
-
-    def _pause_check(self) -> None:
-        if self._paused_until and asyncio.get_running_loop().time() >= self._paused_until:
-            self.resume()
 
     async def _drain(self) -> None:
         session, queue, budget = self.session, self._queue, self.budget
@@ -247,5 +250,8 @@ class Outbox:
         self._bytes = 0
         self._queue.clear()
         self._paused_until = 0.0
+        if self._pause_timer is not None:
+            self._pause_timer.cancel()
+            self._pause_timer = None
         if self._holders:
             self._release()
