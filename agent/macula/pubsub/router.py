@@ -181,12 +181,7 @@ class PubSubRouter:
         plan = self.plan(topic, include_remote)
         route = Route(list(plan.local), {n: (True, ()) for n in plan.remote})
         for group, members in plan.groups:
-            chosen = self._pick(members)
-            if chosen[0] == "local":
-                route.local.append(chosen[1])
-            else:
-                plain, served = route.remote.get(chosen[1], (False, ()))
-                route.remote[chosen[1]] = (plain, served + (group,))
+            _serve(route, group, self._pick(members))
         return route
 
     def route_rest(self, topic: str, exclude: Collection[bytes],
@@ -202,12 +197,7 @@ class PubSubRouter:
             if group in settled:
                 continue
             eligible = [m for m in members if m[0] == "remote" and m[1] not in exclude]
-            chosen = self._pick(eligible or members)
-            if chosen[0] == "local":
-                route.local.append(chosen[1])
-            else:
-                plain, served = route.remote.get(chosen[1], (False, ()))
-                route.remote[chosen[1]] = (plain, served + (group,))
+            _serve(route, group, self._pick(eligible or members))
         return route
 
     def local_for_route(self, topic: str, plain: bool, groups: tuple[str, ...]) -> list[LocalSub]:
@@ -234,3 +224,13 @@ class PubSubRouter:
             if r < 0:
                 return m
         return members[-1]
+
+
+def _serve(route: Route, group: str, chosen: tuple) -> None:
+    """Add the chosen member of ``group`` to ``route``: a local subscription, or the group
+    named in that node's PUBSUB_ROUTE."""
+    if chosen[0] == "local":
+        route.local.append(chosen[1])
+    else:
+        plain, served = route.remote.get(chosen[1], (False, ()))
+        route.remote[chosen[1]] = (plain, served + (group,))

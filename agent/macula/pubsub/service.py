@@ -243,9 +243,7 @@ class PubSubService:
                 if session is None:
                     continue
                 outbox = outboxes[sub.owner] = self._new_outbox(session)
-            if not outbox.put(encode(Deliver(sub.sub_id, topic, payload, reply_to, headers))) \
-                    and source is not None:
-                outbox.hold(source)
+            outbox.put(encode(Deliver(sub.sub_id, topic, payload, reply_to, headers)), source)
         self.stats["delivered"] += len(subs)
 
     def _new_outbox(self, session: Session) -> Outbox:
@@ -262,8 +260,7 @@ class PubSubService:
             frame = encode(PubsubRoute(origin, topic, payload, plain, groups, reply_to, headers))
             outbox = self._outbox_for_node(node_id)
             if outbox is not None and node_id not in self._dialing:
-                if not outbox.put(frame) and source is not None:
-                    outbox.hold(source)
+                outbox.put(frame, source)
             else:
                 self._queue_for_dial(node_id, frame)
             self.stats["routed_out"] += 1

@@ -127,8 +127,9 @@ class Outbox:
     def paused(self) -> bool:
         return self._paused_until > 0.0
 
-    def put(self, frame: bytes) -> bool:
-        """Queue ``frame``; False when the outbox is congested (the feeder should be held)."""
+    def put(self, frame: bytes, source: Session | None = None) -> bool:
+        """Queue ``frame``; False when the outbox is congested, and then ``source`` (the
+        session that fed it, if any) is held back."""
         queue = self._queue
         if not queue and not self._paused_until and self.session.send_frame(frame):
             self.sent += 1
@@ -148,7 +149,11 @@ class Outbox:
             self.dropped += 1
         if self._drainer is None and queue:
             self._drainer = asyncio.get_running_loop().create_task(self._drain())
-        return self._bytes <= self.high and not self._paused_until
+        if self._bytes <= self.high and not self._paused_until:
+            return True
+        if source is not None:
+            self.hold(source)
+        return False
 
     def hold(self, source: Session) -> None:
         """Hold back ``source`` until this outbox drains (or ``max_hold`` passes)."""
