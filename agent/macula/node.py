@@ -24,11 +24,19 @@ from macula.identity import (
 from macula.identity.tofu import TOFU_FILE
 from macula.metrics import rss_bytes, start_metrics
 from macula.transport import Endpoint, PeerPool, PoolSettings, Session, SessionConfig
-from macula.wire.messages import Error
+from macula.transport.budget import ReceiveBudget
+from macula.transport.session import PeerInfo
+from macula.wire import HEADER_SIZE
+from macula.wire.messages import (
+    Call, Error, Publish, Register, Reply, Subscribe, Unregister, Unsubscribe,
+)
 
 log = logging.getLogger("macula.node")
 
 Handler = Callable[[Session, Any], None]
+Accept = Callable[[PeerInfo], bool]
+# what a light client may send; every other type is refused from its frame header
+CLIENT_MESSAGES = frozenset({Publish, Subscribe, Unsubscribe, Call, Reply, Register, Unregister})
 
 
 def default_state_dir() -> Path:
@@ -77,6 +85,7 @@ class Node:
         self._control = None
         self._metrics = None
         self._handlers: dict[type, Handler] = {}
+        self._accept: dict[type, Accept | None] = {}
         self._stopped = asyncio.Event()
         self._housekeeping: asyncio.Task | None = None
         self.dht = None
@@ -87,11 +96,20 @@ class Node:
         self.peer_listeners: list[Callable[[str, Session], None]] = []
 
     # -- composition -----------------------------------------------------------------
-    def on(self, msg_cls: type, handler: Handler) -> None:
-        """Route application messages of ``msg_cls`` to ``handler``."""
+    def on(self, msg_cls: type, handler: Handler, accept: Accept | None = None) -> None:
+        """Route application messages of ``msg_cls`` to ``handler``. ``accept(peer)``
+        says which peers may send it at all: from the others (and from light clients,
+        for types not in CLIENT_MESSAGES) it is refused from its header, undecoded."""
         if msg_cls in self._handlers:
             raise ValueError(f"{msg_cls.__name__} already has a handler")
         self._handlers[msg_cls] = handler
+        self._accept[msg_cls] = accept
+
+    def _accepted_types(self, peer: PeerInfo) -> list[int]:
+        client = peer.role == "client"
+        return [cls.TYPE for cls, accept in self._accept.items()
+                if not (client and cls not in CLIENT_MESSAGES)
+                and (accept is None or accept(peer))]
 
     @property
     def node_id(self) -> bytes:
@@ -109,9 +127,12 @@ class Node:
         else:
             tls = load_or_create_dev_material(self.state_dir, identity.node_id)
             tofu = TofuStore(self.state_dir / TOFU_FILE, cfg.limits.pinned_peers)
+        lim = cfg.limits
         self.endpoint = Endpoint(tls, idle_timeout=cfg.timeouts.idle,
-                                 max_handshakes_per_s=cfg.limits.handshakes_per_second,
-                                 receive_buffer=cfg.limits.udp_receive_buffer_bytes)
+                                 max_handshakes_per_s=lim.handshakes_per_second,
+                                 receive_buffer=lim.udp_receive_buffer_bytes,
+                                 handshakes_per_source=lim.handshakes_per_source,
+                                 retry_threshold=max(4, lim.handshakes_per_second // 4))
         self.listen_address = self.endpoint.bind(cfg.network.listen_host, cfg.network.listen_port)
         advertise = (cfg.network.advertise_host or self.listen_address[0], self.listen_address[1])
         session_cfg = SessionConfig(
@@ -119,13 +140,20 @@ class Node:
             listen=advertise, caps=self._caps(), tofu=tofu,
             max_frame=cfg.limits.max_frame_bytes, send_buffer_bytes=cfg.limits.send_buffer_bytes,
             bad_frames_per_minute=cfg.limits.bad_frames_per_minute,
-            handshake_timeout=cfg.timeouts.connect)
+            handshake_timeout=cfg.timeouts.connect,
+            frame_timeout=cfg.timeouts.frame, ping_timeout=cfg.timeouts.ping,
+            # room for at least two frames of the largest size in flight
+            receive_budget=ReceiveBudget(max(lim.partial_frame_bytes_total,
+                                             2 * (lim.max_frame_bytes + HEADER_SIZE))),
+            peer_bytes_per_second=lim.peer_bytes_per_second,
+            peer_frames_per_second=lim.peer_frames_per_second,
+            accepts=self._accepted_types)
         t = cfg.timeouts
         self.pool = PeerPool(self.endpoint, session_cfg, PoolSettings(
             max_peers=cfg.limits.max_peers, max_clients=cfg.limits.max_clients,
             idle_ttl=t.pool_idle, keepalive=t.keepalive, connect_timeout=t.connect,
             reconnect_base=t.reconnect_base, reconnect_cap=t.reconnect_cap,
-            shutdown_timeout=t.shutdown))
+            shutdown_timeout=t.shutdown, sessions_per_source=lim.sessions_per_source))
         self.pool.on_peer_up = self._peer_up
         self.pool.on_peer_down = self._peer_down
         self.pool.on_message = self._dispatch

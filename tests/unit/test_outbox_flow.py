@@ -28,7 +28,10 @@ class FakeSession:
         self.sent.append(frame)
         return True
 
-    async def drain(self) -> None:
+    def too_large(self, size: int) -> bool:
+        return False
+
+    async def drain(self, need: int = 0) -> None:
         self._drained.clear()
         await self._drained.wait()
 

@@ -276,6 +276,9 @@ class _FullSession:
     def send_frame(self, frame: bytes) -> bool:
         return False
 
+    def too_large(self, size: int) -> bool:
+        return False
+
 
 def test_outbox_drops_oldest_past_its_own_bound_and_the_node_budget():
     import asyncio

@@ -27,7 +27,7 @@ from macula.identity import (
     load_or_create_dev_material, load_or_create_identity, load_production_material,
 )
 from macula.pubsub.topics import validate_pattern, validate_topic
-from macula.transport import Endpoint, PeerPool, PoolSettings, Session, SessionConfig
+from macula.transport import Endpoint, PeerPool, PoolSettings, Session, SessionConfig, State
 from macula.wire.messages import (
     Call, Deliver, Error, Ping, Publish, PubsubFlow, Register, Reply, Subscribe, Unregister,
     Unsubscribe,
@@ -217,10 +217,15 @@ class Client:
 
     # -- plumbing -------------------------------------------------------------------------
     def _send(self, msg: Any) -> None:
-        if not self.session.send(msg):
-            task = asyncio.get_running_loop().create_task(self.session.send_wait(msg))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+        """Control messages and replies go in order through the session's bounded
+        backlog (one drainer, no task per message). A reply larger than the node
+        accepts becomes an error reply, so the caller hears at once."""
+        session = self.session
+        if not session.send_reliable(msg) and type(msg) is Reply \
+                and session.state is State.ESTABLISHED:
+            session.send_reliable(Reply(msg.call_id, False, b"", int(ErrorCode.FRAME_TOO_LARGE),
+                                        f"the result exceeds the node's {session.send_limit} "
+                                        "byte frame limit"))
 
     def _on_message(self, session: Session, msg: Any) -> None:
         t = type(msg)

@@ -163,7 +163,8 @@ class ClusterService:
     def attach(self) -> None:
         node = self.node
         for cls in SWIM_TYPES | GOSSIP_TYPES:
-            node.on(cls, self._on_message)
+            # from a non-member these are refused from the header, never decoded
+            node.on(cls, self._on_message, accept=self._is_member_peer)
         node.peer_listeners.append(self._on_peer)
         now = self._loop.time()
         self._metadata = self._compose_metadata(self._extra)
@@ -293,9 +294,10 @@ class ClusterService:
 
     # ---- from the node ------------------------------------------------------------------
     def _is_member_session(self, session: Session) -> bool:
-        peer = session.peer
-        return (self.cap is not None and peer is not None and peer.role == "node"
-                and self.cap in peer.caps)
+        return session.peer is not None and self._is_member_peer(session.peer)
+
+    def _is_member_peer(self, peer: Any) -> bool:
+        return self.cap is not None and peer.role == "node" and self.cap in peer.caps
 
     def _on_message(self, session: Session, msg: Any) -> None:
         if self._stopped:

@@ -140,6 +140,11 @@ class TimeoutsConfig:
     publish_hold: float = _opt("longest a publisher is held back by a congested subscriber "
                                "queue (back-pressure); past it that queue drops its oldest",
                                float_range(0, 60), default=1.0)
+    frame: float = _opt("seconds a frame may take from its first byte to its last; a "
+                        "session past it is closed (a stalled frame holds memory)",
+                        float_range(0.5, 600), default=10.0)
+    ping: float = _opt("seconds a PING may stay unanswered before the session is closed",
+                       float_range(1, 3600), default=45.0)
 
 
 @dataclass(frozen=True)
@@ -170,6 +175,19 @@ class LimitsConfig:
                                          int_range(64 << 10, 1 << 30))
     handshakes_per_second: int = _opt("new QUIC connections accepted per second (CPU-bound)",
                                       int_range(1, 100000))
+    handshakes_per_source: int = _opt("new QUIC connections accepted per second from one IP "
+                                      "address", int_range(1, 100000))
+    sessions_per_source: int = _opt("inbound sessions (nodes and clients) one IP address may "
+                                    "hold at once", int_range(1, 1 << 20))
+    partial_frame_bytes_total: int = _opt("bytes of partly received frames held for all "
+                                          "sessions together; past it the sessions whose "
+                                          "frames progressed least recently are closed",
+                                          int_range(64 << 10, 1 << 34))
+    peer_bytes_per_second: int = _opt("bytes per second one peer or client may send; frames "
+                                      "over it are dropped with RATE_LIMITED",
+                                      int_range(64 << 10, 1 << 34))
+    peer_frames_per_second: int = _opt("frames per second one peer or client may send",
+                                       int_range(100, 1 << 30))
     cache_entries: int = _opt("entries per lookup cache (subscribers, RPC providers, bridge)",
                               int_range(16, 1 << 22))
     dht_storage_entries: int = _opt("DHT records held for others", int_range(16, 1 << 24))

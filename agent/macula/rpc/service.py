@@ -186,8 +186,12 @@ class RpcService:
         remaining = int(max(1.0, (call.deadline - self.node.endpoint.loop.time()) * 1000))
         if session.peer.role == "node":
             self.stats["remote"] += 1
-        self._send(session, Call(call.call_id, call.procedure, call.args, remaining,
-                                 call.idempotent))
+        if not session.send_reliable(Call(call.call_id, call.procedure, call.args, remaining,
+                                          call.idempotent)) \
+                and session.state is State.ESTABLISHED:  # larger than the provider accepts
+            self.table.pop(call.call_id)
+            self._fail(call, ErrorCode.FRAME_TOO_LARGE,
+                       f"the arguments exceed the provider's {session.send_limit} byte frame limit")
 
     def _on_reply(self, session: Session, msg: Reply) -> None:
         call = self.table.get(msg.call_id)
@@ -246,16 +250,13 @@ class RpcService:
 
     @staticmethod
     def _send(session: Session, msg: Any) -> None:
-        """Replies and calls are not dropped: wait for room when the buffer is full."""
-        if session.state is State.ESTABLISHED and not session.send(msg):
-            asyncio.get_running_loop().create_task(_send_later(session, msg))
+        """Replies and calls are not dropped: they wait in the session's bounded backlog
+        when the buffer is full. A reply too large for its caller becomes an error."""
+        if not session.send_reliable(msg) and session.state is State.ESTABLISHED \
+                and type(msg) is Reply:
+            session.send_reliable(Reply(msg.call_id, False, b"", int(ErrorCode.FRAME_TOO_LARGE),
+                                        f"the result exceeds the caller's {session.send_limit} "
+                                        "byte frame limit"))
 
     def status(self) -> dict[str, Any]:
         return {**self.stats, "in_flight": len(self.table), "procedures": self.local_procedures()}
-
-
-async def _send_later(session: Session, msg: Any) -> None:
-    try:
-        await session.send_wait(msg)
-    except Exception:  # the session closed: the peer will see the close
-        pass

@@ -33,6 +33,14 @@ class TokenBucket:
             return True
         return False
 
+    def charge(self, tokens: float) -> bool:
+        """Take ``tokens`` even when fewer are left (the debt is repaid by later refills,
+        at most one burst deep); False while the bucket is in debt. For metering what
+        already happened (bytes received) rather than asking before."""
+        self._refill()
+        self._tokens = max(-self.burst, self._tokens - tokens)
+        return self._tokens >= 0
+
     def available(self) -> float:
         self._refill()
         return self._tokens

@@ -134,15 +134,18 @@ class Outbox:
         if not queue and not self._paused_until and self.session.send_frame(frame):
             self.sent += 1
             return True
-        if self.session.state is not State.ESTABLISHED:
-            self.dropped += 1
+        if self.session.state is not State.ESTABLISHED or self.session.too_large(len(frame)):
+            self.dropped += 1  # a frame the subscriber's node would refuse is never queued
             return True
         n = len(frame)
         queue.append(frame)
         self._bytes += n
         budget = self.budget
         budget.used += n
-        while queue and (self._bytes > self.max_bytes or budget.used > budget.limit):
+        # one frame larger than the queue's bound is kept (only the node-wide budget
+        # drops it): a frame the node accepted is not lost just for being large
+        while queue and ((self._bytes > self.max_bytes and len(queue) > 1)
+                         or budget.used > budget.limit):
             old = len(queue.popleft())  # drop the oldest: this queue's own, never another's
             self._bytes -= old
             budget.used -= old
@@ -235,7 +238,7 @@ class Outbox:
                     self.sent += 1
                 self._drained()
                 if queue:
-                    await session.drain()
+                    await session.drain(len(queue[0]))
         except Exception:  # the session closed under us: what is left is dropped
             pass
         finally:

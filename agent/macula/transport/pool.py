@@ -8,7 +8,12 @@
   already under way, or dials.
 - Wanted addresses (seeds) are redialled after a drop with exponential backoff and
   full jitter; a peer unused for ``idle_ttl`` is closed.
-- Every ``keepalive`` seconds each session is PINGed; PONGs give its RTT.
+- Every ``keepalive`` seconds each session is PINGed; PONGs give its RTT. A session
+  that leaves a PING unanswered, or a frame unfinished, past its deadline is closed.
+- One source address may hold at most ``sessions_per_source`` inbound sessions (and a
+  quarter of the handshake slots); when the client table is full, the least recently
+  active client makes room for a new one, so throw-away identities cannot lock out
+  honest clients.
 - ``close()``: GOAWAY to all, wait for send buffers to drain (bounded), close.
 """
 
@@ -44,6 +49,7 @@ class PoolSettings:
     reconnect_base: float = 0.5
     reconnect_cap: float = 30.0
     shutdown_timeout: float = 2.0
+    sessions_per_source: int = 256
 
 
 @dataclass
@@ -65,12 +71,16 @@ class PoolStats:
     evicted: int = 0
     idle_closed: int = 0
     duplicates: int = 0
+    refused_source: int = 0
+    clients_evicted: int = 0
+    unhealthy_closed: int = 0
     extra: dict = field(default_factory=dict)
 
 
 class PeerPool:
     def __init__(self, endpoint: Endpoint, cfg: SessionConfig, settings: PoolSettings,
                  clock: Clock | None = None, rng: random.Random | None = None) -> None:
+        from collections import Counter
         self.endpoint = endpoint
         self.cfg = cfg
         self.settings = settings
@@ -81,6 +91,8 @@ class PeerPool:
         self._clients: dict[bytes, Session] = {}
         self._pending: set[Session] = set()
         self._max_pending = max(16, settings.max_peers // 4)
+        self._pending_per_source = max(2, self._max_pending // 4)
+        self._inbound: Counter[str] = Counter()   # source IP -> inbound sessions, any state
         self._by_addr: dict[Address, bytes] = {}
         self._dialing: dict[Address, asyncio.Future] = {}
         self._wanted: dict[Address, _Wanted] = {}
@@ -162,7 +174,14 @@ class PeerPool:
     def _accept(self, link: QuicLink) -> bool:
         if self._closing or len(self._pending) >= self._max_pending:
             return False
+        source = _source(link)
+        if self._inbound[source] >= self.settings.sessions_per_source or \
+                sum(1 for s in self._pending if not s.dialer and _source(s.link) == source) \
+                >= self._pending_per_source:
+            self.stats.refused_source += 1
+            return False
         self.stats.accepted += 1
+        self._inbound[source] += 1
         self._new_session(link)
         return True
 
@@ -239,9 +258,16 @@ class PeerPool:
         if peer.role == "client":
             old = self._clients.get(peer.node_id)
             if old is None and len(self._clients) >= self.settings.max_clients:
-                self.stats.refused_full += 1
-                raise SessionRefused(f"client limit of {self.settings.max_clients} reached",
-                                     code=ErrorCode.OVERLOADED)
+                if not self._clients:
+                    self.stats.refused_full += 1
+                    raise SessionRefused(f"client limit of {self.settings.max_clients} reached",
+                                         code=ErrorCode.OVERLOADED)
+                # the least recently active client makes room (the table is kept in
+                # activity order by maintenance)
+                idle = next(iter(self._clients.values()))
+                self.stats.clients_evicted += 1
+                idle.goaway("client table full", ErrorCode.OVERLOADED)
+                idle.close(ErrorCode.OVERLOADED, "evicted: client table full, least active")
             self._clients[peer.node_id] = session
             if old is not None:
                 old.close(ErrorCode.DUPLICATE_SESSION, "replaced by a newer session")
@@ -305,6 +331,12 @@ class PeerPool:
 
     def _closed(self, session: Session) -> None:
         self._pending.discard(session)
+        if not session.dialer and not session.counted_out:
+            session.counted_out = True
+            source = _source(session.link)
+            self._inbound[source] -= 1
+            if self._inbound[source] <= 0:
+                del self._inbound[source]
         peer = session.peer
         if peer is None:
             return
@@ -339,11 +371,23 @@ class PeerPool:
                     last_ping = now
                     for s in self.peers() + self.clients():
                         s.ping()
+                self._check_health()
                 self._expire_idle()
                 self._redial(now)
             except Exception:  # maintenance must never die; the node would rot silently
                 log.exception("pool maintenance failed")
             await asyncio.sleep(interval)
+
+    def _check_health(self) -> None:
+        loop_now = self.endpoint.loop.time()
+        for s in self.peers() + self.clients():
+            s.check_health(loop_now)
+            if s.state is State.CLOSED:
+                self.stats.unhealthy_closed += 1
+        clients = self._clients
+        for node_id in [n for n, s in clients.items() if s.active]:
+            clients[node_id].active = False
+            clients[node_id] = clients.pop(node_id)  # to the end: recently active
 
     def _expire_idle(self) -> None:
         for node_id, session in self._peers.items():
@@ -393,3 +437,8 @@ class PeerPool:
                 log.info("seed %s:%d unreachable (%s); retrying with backoff", addr[0], addr[1],
                          message)
             w.last_error = message
+
+
+def _source(link: QuicLink) -> str:
+    host = link.remote_addr[0]
+    return host[7:] if host.startswith("::ffff:") else host

@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import hmac
 import logging
+import os
 import socket
 import ssl
 import sys
@@ -37,7 +39,8 @@ from qh3.quic.events import (
     ConnectionIdIssued, ConnectionIdRetired, ConnectionTerminated, HandshakeCompleted,
     StreamDataReceived, StreamReset,
 )
-from qh3.quic.packet import QuicProtocolVersion, encode_quic_version_negotiation
+from qh3._hazmat import pull_quic_header as _pull_quic_header
+from qh3.quic.packet import QuicProtocolVersion, encode_quic_retry, encode_quic_version_negotiation
 
 from macula.errors import ErrorCode, close_code
 from macula.identity.certs import TlsMaterial
@@ -68,6 +71,8 @@ UNREACHABLE_ERRNOS = frozenset({errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.EN
 ERRQUEUE_BATCH = 64         # error-queue reads per readiness callback
 PROBE_MIN = 1.0             # seconds an ICMP-unreachable peer has to answer a PING
 UNREACHABLE_CLOSE = close_code(ErrorCode.PEER_UNREACHABLE)
+RETRY_TOKEN_TTL = 10.0      # seconds a Retry token is good for
+SOURCE_TABLE = 4096         # per-source handshake buckets kept (oldest forgotten first)
 
 
 def _parse_dcid(data: bytes) -> tuple[bytes, bool, int] | None:
@@ -98,7 +103,7 @@ class QuicLink:
     __slots__ = ("endpoint", "conn", "is_client", "remote_addr", "stream_id", "_pending",
                  "_pending_bytes", "_unsent", "_timer", "_timer_at", "handshake_done", "closed",
                  "on_handshake", "on_data", "on_closed", "on_transmitted", "close_code",
-                 "close_reason", "_cids", "_probe", "_probe_uid")
+                 "close_reason", "_cids", "_probe", "_probe_uid", "_half_open")
 
     def __init__(self, endpoint: "Endpoint", conn: QuicConnection, remote_addr: tuple,
                  is_client: bool) -> None:
@@ -115,6 +120,7 @@ class QuicLink:
         self._cids: set[bytes] = set()
         self._probe: asyncio.TimerHandle | None = None  # liveness probe after an ICMP error
         self._probe_uid = 0
+        self._half_open = False  # an accepted connection still in its QUIC handshake
         self.handshake_done = False
         self.closed = False
         self.close_code: int | None = None
@@ -184,6 +190,7 @@ class QuicLink:
                     conn.close(error_code=0x178, reason_phrase="ALPN mismatch")  # no_application_protocol
                     continue
                 self.handshake_done = True
+                self.endpoint._handshake_over(self)
                 self.on_handshake()
             elif kind is ConnectionIdIssued:
                 self._cids.add(event.connection_id)
@@ -231,6 +238,7 @@ class QuicLink:
             return
         self.closed = True
         self.close_code, self.close_reason = code, reason
+        self.endpoint._handshake_over(self)
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -276,7 +284,12 @@ class Endpoint:
     def __init__(self, tls: TlsMaterial, *, idle_timeout: float = 60.0,
                  on_accept: Callable[[QuicLink], bool] | None = None,
                  max_handshakes_per_s: float = 200.0, receive_buffer: int = 4 << 20,
+                 handshakes_per_source: float = 20.0, retry_threshold: int = 16,
                  loop: asyncio.AbstractEventLoop | None = None) -> None:
+        """``handshakes_per_source``: new connections accepted per second from one IP
+        address. ``retry_threshold``: with this many accepted connections still in
+        their handshake, new ones must first prove their address with a Retry (RFC
+        9000 8.1), so a flood of Initials from forged addresses costs no state."""
         self.loop = loop or asyncio.get_running_loop()
         self.tls = tls
         self.idle_timeout = idle_timeout
@@ -288,12 +301,18 @@ class Endpoint:
         self._dirty: set[QuicLink] = set()
         self._flush_scheduled = False
         self._accept_bucket = TokenBucket(max_handshakes_per_s, max_handshakes_per_s, MonotonicClock())
+        self.handshakes_per_source = handshakes_per_source
+        self._source_buckets: dict[str, TokenBucket] = {}
+        self.retry_threshold = retry_threshold
+        self._half_open = 0
+        self._retry_key = os.urandom(32)
         self._server_config = self._make_config(is_client=False)
         self._gso = sys.platform == "linux"   # turned off at the first failure
         self._gro = False
         self.stats = {"datagrams_in": 0, "datagrams_out": 0, "send_dropped": 0,
                       "unknown_cid": 0, "accept_refused": 0, "gso_sends": 0, "gro_receives": 0,
-                      "icmp_unreachable": 0, "unreachable_probes": 0, "unreachable_closed": 0}
+                      "icmp_unreachable": 0, "unreachable_probes": 0, "unreachable_closed": 0,
+                      "retries_sent": 0, "retry_bad_token": 0, "source_refused": 0}
         self._recverr = False
 
     # -- configuration -------------------------------------------------------------
@@ -579,17 +598,79 @@ class Endpoint:
         if not is_initial or len(data) < 1200 or self.on_accept is None:
             self.stats["unknown_cid"] += 1
             return None
+        odcid, retry_scid = dcid, None
+        # Under load every new connection proves its address first. A token may come at
+        # any time (a client retried while we were loaded), so every Initial is parsed.
+        try:
+            _v, _t, _l, _d, scid, token, *_rest = _pull_quic_header(data, 0, CID_LENGTH)
+        except ValueError:
+            return None
+        if token:
+            odcid = self._check_token(token, addr, dcid)
+            if odcid is None:
+                self.stats["retry_bad_token"] += 1
+                return None
+            retry_scid = dcid
+        elif self._half_open >= self.retry_threshold:
+            self._send_retry(addr, version, dcid, scid)
+            return None
+        host = addr[0]
+        bucket = self._source_buckets.pop(host, None)
+        if bucket is None:
+            if len(self._source_buckets) >= SOURCE_TABLE:
+                self._source_buckets.pop(next(iter(self._source_buckets)))
+            bucket = TokenBucket(self.handshakes_per_source, self.handshakes_per_source,
+                                 MonotonicClock())
+        self._source_buckets[host] = bucket  # to the end: recently seen
+        if not bucket.try_take():
+            self.stats["source_refused"] += 1
+            return None
         if not self._accept_bucket.try_take():
             self.stats["accept_refused"] += 1
             return None
         conn = QuicConnection(configuration=self._server_config,
-                              original_destination_connection_id=dcid)
+                              original_destination_connection_id=odcid,
+                              retry_source_connection_id=retry_scid)
         link = QuicLink(self, conn, addr, is_client=False)
         if not self.on_accept(link):
             self.stats["accept_refused"] += 1
             return None
+        link._half_open = True
+        self._half_open += 1
         self._register(link, [dcid, conn.host_cid])
         return link
+
+    def _handshake_over(self, link: QuicLink) -> None:
+        if link._half_open:
+            link._half_open = False
+            self._half_open -= 1
+
+    # -- address validation (Retry) ----------------------------------------------------
+    def _token_mac(self, stamp: bytes, addr: tuple, odcid: bytes, retry_scid: bytes) -> bytes:
+        msg = b"|".join((stamp, str(addr[0]).encode(), str(addr[1]).encode(), odcid, retry_scid))
+        return hmac.digest(self._retry_key, msg, "sha256")[:16]
+
+    def _send_retry(self, addr: tuple, version: int, odcid: bytes, client_scid: bytes) -> None:
+        retry_scid = os.urandom(CID_LENGTH)
+        stamp = int(self.loop.time()).to_bytes(4, "big")
+        token = stamp + bytes([len(odcid)]) + odcid + self._token_mac(stamp, addr, odcid,
+                                                                      retry_scid)
+        self.stats["retries_sent"] += 1
+        self._sendto(encode_quic_retry(version=version, source_cid=retry_scid,
+                                       destination_cid=client_scid,
+                                       original_destination_cid=odcid, retry_token=token), addr)
+
+    def _check_token(self, token: bytes, addr: tuple, retry_scid: bytes) -> bytes | None:
+        """The original destination CID a valid token carries, else None."""
+        if len(token) < 5 + 16 or len(token) != 5 + token[4] + 16:
+            return None
+        stamp, odcid, mac = token[:4], token[5:5 + token[4]], token[-16:]
+        age = self.loop.time() - int.from_bytes(stamp, "big")
+        if not -1.0 <= age <= RETRY_TOKEN_TTL:
+            return None
+        if not hmac.compare_digest(mac, self._token_mac(stamp, addr, odcid, retry_scid)):
+            return None
+        return odcid
 
     # -- flushing -------------------------------------------------------------------
     def mark_dirty(self, link: QuicLink) -> None:

@@ -53,9 +53,16 @@ def decode_body(msg_type: int, body: bytes) -> Any:
     if spec is None:
         raise ProtocolError(f"unknown message type 0x{msg_type:02x}",
                             code=ErrorCode.UNKNOWN_TYPE, msg_type=msg_type)
+    cap = spec.max_container
     try:
-        fields = msgpack.unpackb(body, use_list=False, raw=False, strict_map_key=True)
+        # arrays and maps longer than any valid body of this type has are refused while
+        # unpacking, before they are built: a 1M-element array costs nothing
+        fields = msgpack.unpackb(body, use_list=False, raw=False, strict_map_key=True,
+                                 max_array_len=cap, max_map_len=cap)
     except Exception as exc:  # msgpack raises several types (ExtraData, ValueError, ...)
+        if type(exc) is ValueError and "exceeds max" in str(exc):
+            raise ProtocolError(f"{spec.type.name}: an array or map longer than {cap}",
+                                code=ErrorCode.BAD_FIELD, msg_type=msg_type) from None
         raise ProtocolError(f"{spec.type.name}: body is not one msgpack value ({type(exc).__name__})",
                             code=ErrorCode.BAD_ENCODING, msg_type=msg_type) from None
     if type(fields) is not tuple:
@@ -79,24 +86,39 @@ class FrameDecoder:
     After a fatal error (lost framing, wrong version, oversized frame) the decoder is
     ``broken`` and ignores further input: the caller must close the connection. A
     non-fatal error (unknown type, bad body) skips that one frame.
+
+    ``refuse`` (set by the session, None = accept every type) maps a message type to
+    None (decode it) or a ProtocolError: a frame of a refused type is judged from its
+    header alone, never decoded, and its body is dropped as it arrives instead of being
+    held, so a peer pays for the bytes and the node for nothing.
     """
 
-    __slots__ = ("max_frame", "_buf", "broken")
+    __slots__ = ("max_frame", "_buf", "broken", "refuse", "_skip")
 
-    def __init__(self, max_frame: int = DEFAULT_MAX_FRAME) -> None:
+    def __init__(self, max_frame: int = DEFAULT_MAX_FRAME,
+                 refuse: list[ProtocolError | None] | None = None) -> None:
         if not 0 < max_frame <= ABSOLUTE_MAX_FRAME:
             raise ValueError(f"max_frame must be in (0, {ABSOLUTE_MAX_FRAME}]")
         self.max_frame = max_frame
         self._buf = bytearray()
         self.broken = False
+        self.refuse = refuse
+        self._skip = 0  # body bytes of a refused frame still to drop
 
     @property
     def buffered(self) -> int:
+        """Bytes of a partially received frame held here."""
         return len(self._buf)
 
     def feed(self, data: bytes) -> list[Decoded]:
         if self.broken:
             return []
+        if self._skip:
+            n = min(self._skip, len(data))
+            self._skip -= n
+            if n == len(data):
+                return []
+            data = data[n:]
         # Whole frames usually arrive together: parse them straight from ``data`` (one
         # copy per body); only a partial frame is kept in the bytearray.
         if self._buf:
@@ -108,6 +130,7 @@ class FrameDecoder:
         pos = 0
         end = len(buf)
         max_frame = self.max_frame
+        refuse = self.refuse
         while end - pos >= HEADER_SIZE:
             version, msg_type, flags, reserved, length = _header_unpack_from(buf, pos)
             if version != PROTOCOL_VERSION:
@@ -123,6 +146,14 @@ class FrameDecoder:
                                        ErrorCode.FRAME_TOO_LARGE))
                 return out
             start = pos + HEADER_SIZE
+            if refuse is not None and refuse[msg_type] is not None:
+                out.append(refuse[msg_type])
+                if end - start < length:  # drop the rest of the body as it comes
+                    self._skip = length - (end - start)
+                    pos = end
+                    break
+                pos = start + length
+                continue
             if end - start < length:
                 break
             pos = start + length
@@ -139,17 +170,29 @@ class FrameDecoder:
 
     def end_of_stream(self) -> ProtocolError | None:
         """Call when the stream ends: an error if a frame was cut short."""
-        if self.broken or not self._buf:
+        if self.broken or not (self._buf or self._skip):
             return None
         n = len(self._buf)
-        self._buf.clear()
+        self.release()
         return ProtocolError(f"stream ended inside a frame ({n} bytes pending)",
                              code=ErrorCode.FRAME_TRUNCATED, fatal=True)
 
+    def release(self) -> None:
+        """Free the partial frame (the session ended): its memory goes back at once."""
+        self._buf = bytearray()
+        self._skip = 0
+
     def _fatal(self, message: str, code: ErrorCode) -> ProtocolError:
         self.broken = True
-        self._buf.clear()
+        self.release()
         return ProtocolError(message, code=code, fatal=True)
+
+
+def refusal_table(accepted: Iterable[int], make: Any) -> list[ProtocolError | None]:
+    """A FrameDecoder ``refuse`` table: None for ``accepted`` types, else ``make(type)``
+    (a ProtocolError, built once per type and reused for every refused frame)."""
+    ok = frozenset(accepted)
+    return [None if t in ok else make(t) for t in range(256)]
 
 
 def type_name(msg_type: int) -> str:

@@ -154,30 +154,58 @@ def MapOf(key: Validator, value: Validator, max_items: int) -> Validator:
 _SCALARS = (type(None), bool, int, float, str, bytes)
 
 
-def AnyValue(max_depth: int = 16) -> Validator:
-    """Any plain msgpack value (no extension types), nested at most ``max_depth``.
+ANY_MAX_ITEMS = 65536  # elements in one `any` value: a 1 MiB frame of 1M tiny items
+                       # would cost the node ~135 ms to validate (hardening issue)
+
+
+def AnyValue(max_depth: int = 16, max_items: int = ANY_MAX_ITEMS) -> Validator:
+    """Any plain msgpack value (no extension types), nested at most ``max_depth``, with
+    at most ``max_items`` array elements and map entries in all (the decoder also caps
+    each array and map at ``max_items`` before it builds them: wire.codec).
 
     Map keys must be str or bytes: the decoder refuses any other key (strict_map_key),
     so a value this accepts is one a peer can decode.
     """
 
-    def walk(v: Any, depth: int) -> None:
+    def walk(v: Any, depth: int, left: list[int]) -> None:
         t = type(v)
         if t in _SCALARS:
             return
         if depth >= max_depth:
             raise FieldError(f"nested deeper than {max_depth}")
+        if t is tuple or t is list or t is dict:
+            left[0] -= len(v)
+            if left[0] < 0:
+                raise FieldError(f"more than {max_items} elements")
         if t is tuple or t is list:
             for x in v:
-                walk(x, depth + 1)
+                walk(x, depth + 1, left)
         elif t is dict:
             for k, x in v.items():
                 if type(k) is not str and type(k) is not bytes:
                     raise FieldError(f"map key {type(k).__name__} is not str or bytes")
-                walk(x, depth + 1)
+                walk(x, depth + 1, left)
         else:
             raise FieldError(f"{t.__name__} is not a plain msgpack value")
 
     def check(v: Any) -> None:
-        walk(v, 0)
-    return _described(check, "any", max_depth=max_depth)
+        walk(v, 0, [max_items])
+    return _described(check, "any", max_depth=max_depth, max_items=max_items)
+
+
+def max_container(v: Validator) -> int:
+    """The most elements any one array or map may have in a value ``v`` accepts: the
+    decoder refuses a longer one while unpacking, before it allocates it."""
+    kind = getattr(v, "kind", None)
+    p = getattr(v, "params", {})
+    if kind == "list":
+        return max(p["max_items"], max_container(p["item"]))
+    if kind == "map":
+        return max(p["max_items"], max_container(p["key"]), max_container(p["value"]))
+    if kind == "struct":
+        return max([len(p["members"])] + [max_container(m) for m in p["members"]])
+    if kind == "opt":
+        return max_container(p["inner"])
+    if kind == "any":
+        return p["max_items"]
+    return 0

@@ -14,7 +14,7 @@ from typing import Annotated, Any, NamedTuple, get_type_hints
 
 from macula.wire.compile import compile_decoder
 from macula.wire.fields import (
-    U8, U16, U32, U64, AnyValue, Bool, Bytes, ListOf, MapOf, Opt, Str, Struct,
+    U8, U16, U32, U64, AnyValue, max_container, Bool, Bytes, ListOf, MapOf, Opt, Str, Struct,
     Validator,
 )
 
@@ -105,6 +105,7 @@ class MessageSpec(NamedTuple):
     total: int
     defaults: tuple
     decode: Any  # generated: decode(fields, n) -> message, raises FieldError
+    max_container: int = 0  # longest array/map in a valid body (the decoder's cap)
 
 
 REGISTRY: dict[int, MessageSpec] = {}
@@ -128,9 +129,11 @@ def message(msg_type: MsgType):
         total = len(cls._fields)
         cls.TYPE = msg_type
         required = total - len(defaults)
+        # validators report a long list with its field path; the cap only stops absurd ones
+        longest = max([4096, total] + [2 * max_container(v) for _, v in validators])
         REGISTRY[msg_type] = MessageSpec(msg_type, cls, tuple(validators), required, total,
                                          defaults, compile_decoder(cls, tuple(validators),
-                                                                   required, defaults))
+                                                                   required, defaults), longest)
         return cls
 
     return register
