@@ -8,16 +8,19 @@ and logs peers joining and leaving. Subsystems register handlers with ``on()``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import errno
 import logging
 import os
+import socket
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from macula import __version__
 from macula.config import Config
-from macula.errors import ErrorCode
+from macula.errors import ConfigError, ErrorCode
 from macula.identity import (
     TofuStore, load_or_create_dev_material, load_or_create_identity, load_production_material,
 )
@@ -68,6 +71,34 @@ def node_name(cfg: Config) -> str:
     return host[:64]
 
 
+@contextlib.contextmanager
+def _names_key(key: str, value: Any) -> Iterator[None]:
+    """Start-up OSErrors as a ConfigError naming the key: `macula run` prints one line and
+    exits 78 (no restart loop) instead of a traceback."""
+    try:
+        yield
+    except OSError as exc:
+        raise ConfigError(f"{key} = {str(value)!r}: {_why(exc)}") from None
+
+
+def _bind_error(host: str, port: int, exc: OSError) -> ConfigError:
+    if exc.errno == errno.EADDRINUSE:
+        return ConfigError(f"network.listen_port = {port}: UDP port already in use on {host} "
+                           "(another node on this host needs its own port)")
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return ConfigError(f"network.listen_host = {host!r}: not an address of this machine")
+    if isinstance(exc, socket.gaierror):
+        return ConfigError(f"network.listen_host = {host!r}: cannot resolve: {_why(exc)}")
+    if exc.errno == errno.EACCES:
+        return ConfigError(f"network.listen_port = {port}: permission denied (ports below "
+                           "1024 need CAP_NET_BIND_SERVICE)")
+    return ConfigError(f"network.listen_host/listen_port = {host}:{port}: cannot bind: {_why(exc)}")
+
+
+def _why(exc: OSError) -> str:
+    return exc.strerror or str(exc)
+
+
 class Node:
     def __init__(self, cfg: Config, *, control: bool = True, log_fields: Any = None) -> None:
         """``log_fields`` (service.journal.NodeFields) gets this node's id and realm as soon
@@ -88,6 +119,7 @@ class Node:
         self._accept: dict[type, Accept | None] = {}
         self._stopped = asyncio.Event()
         self._housekeeping: asyncio.Task | None = None
+        self._tofu: TofuStore | None = None
         self.dht = None
         self.pubsub = None
         self.rpc = None
@@ -118,22 +150,30 @@ class Node:
 
     async def start(self) -> None:
         cfg = self.cfg
-        identity = load_or_create_identity(self.state_dir)
+        with _names_key("node.state_dir", self.state_dir):
+            identity = load_or_create_identity(self.state_dir)
         if self.log_fields is not None:
             self.log_fields.node_id, self.log_fields.realm = identity.node_id.hex(), cfg.node.realm
         if cfg.tls.mode == "production":
             tls = load_production_material(cfg.tls.cert_file, cfg.tls.key_file, cfg.tls.ca_file)
             tofu = None
         else:
-            tls = load_or_create_dev_material(self.state_dir, identity.node_id)
-            tofu = TofuStore(self.state_dir / TOFU_FILE, cfg.limits.pinned_peers)
+            with _names_key("node.state_dir", self.state_dir):
+                tls = load_or_create_dev_material(self.state_dir, identity.node_id)
+                tofu = TofuStore(self.state_dir / TOFU_FILE, cfg.limits.pinned_peers)
+            tofu.start()  # pins are written in batches off the loop from now on
+            self._tofu = tofu
         lim = cfg.limits
         self.endpoint = Endpoint(tls, idle_timeout=cfg.timeouts.idle,
                                  max_handshakes_per_s=lim.handshakes_per_second,
                                  receive_buffer=lim.udp_receive_buffer_bytes,
                                  handshakes_per_source=lim.handshakes_per_source,
                                  retry_threshold=max(4, lim.handshakes_per_second // 4))
-        self.listen_address = self.endpoint.bind(cfg.network.listen_host, cfg.network.listen_port)
+        try:
+            self.listen_address = self.endpoint.bind(cfg.network.listen_host,
+                                                     cfg.network.listen_port)
+        except OSError as exc:
+            raise _bind_error(cfg.network.listen_host, cfg.network.listen_port, exc) from None
         advertise = (cfg.network.advertise_host or self.listen_address[0], self.listen_address[1])
         session_cfg = SessionConfig(
             identity=identity, tls=tls, realm=cfg.node.realm, name=self.name, role="node",
@@ -164,9 +204,11 @@ class Node:
         if self.control_enabled:
             from macula.control.server import ControlServer
 
-            self._control = ControlServer(self, self.runtime_dir)
-            self._control.commands.update(self.dht.control_commands())
-            await self._control.start()
+            control = ControlServer(self, self.runtime_dir)
+            control.commands.update(self.dht.control_commands())
+            with _names_key("node.runtime_dir", self.runtime_dir):
+                await control.start()
+            self._control = control  # stop() after a failed start must not raise again
             self._metrics = await start_metrics(self)
         self._housekeeping = asyncio.get_running_loop().create_task(self._housekeep())
         self.started_at = time.monotonic()
@@ -238,6 +280,9 @@ class Node:
             await self.dht.shutdown(self.cfg.timeouts.shutdown)  # withdraw our records
         if self.pool is not None:
             await self.pool.close()
+        if self._tofu is not None:
+            await self._tofu.close()  # write the pins still pending
+            self._tofu = None
         self._stopped.set()
         log.info("node %s stopped", self.name)
 
@@ -253,7 +298,8 @@ class Node:
         p = session.peer
         assert p is not None
         reason = session.error.message if session.error else "closed"
-        log.info("peer left: %s (%s): %s", p.name, p.short_id, reason)
+        log.info("%s left: %s (%s): %s", "client" if p.role == "client" else "peer",
+                 p.name, p.short_id, reason)
         for listener in self.peer_listeners:
             listener("down", session)
 

@@ -22,9 +22,12 @@ async def test_two_nodes_connect_in_development_mode(tmp_path):
         session = b.pool.get(a.node_id)
         assert session.peer.node_id == a.node_id and session.peer.name == "a"
         assert session.peer.listen == a.listen_address
-        # the pin was made on first use, on both sides
-        assert (tmp_path / "b" / "known_peers.json").read_text().count("test/a") == 1
-        assert (tmp_path / "a" / "known_peers.json").read_text().count("test/b") == 1
+        # the pin was made on first use, on both sides, and written off the loop soon after
+        def pinned(node: str, peer: str) -> bool:
+            path = tmp_path / node / "known_peers.json"
+            return path.exists() and path.read_text().count(f"test/{peer}") == 1
+
+        await until(lambda: pinned("b", "a") and pinned("a", "b"), what="pins on disk")
     finally:
         await b.stop()
         await a.stop()

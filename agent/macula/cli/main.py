@@ -11,6 +11,48 @@ from macula import __version__
 from macula.errors import ConfigError, MaculaError
 
 
+def _count(least: int):
+    def count(text: str) -> int:
+        n = int(text)
+        if n < least:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {least}, got {n}")
+        return n
+    count.__name__ = "integer"  # argparse names the type in "invalid integer value"
+    return count
+
+
+def _node_address(text: str) -> str:
+    """--node is checked before connecting: a bad one is a one-line usage error, exit 2."""
+    import socket
+
+    from macula.config import parse_address
+
+    try:
+        host, port = parse_address(text, 9443)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected {exc}") from None
+    try:
+        socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+    except socket.gaierror as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: cannot resolve {host!r}: "
+                                         f"{exc.strerror}") from None
+    return text
+
+
+def _group(text: str) -> str:
+    """The node refuses a SUBSCRIBE whose group breaks its schema, with an ERROR the CLI
+    only logs: check it here against the same field validator."""
+    from macula.wire.fields import FieldError
+    from macula.wire.messages import REGISTRY, MsgType
+
+    try:
+        dict(REGISTRY[MsgType.SUBSCRIBE].validators)["group"](text)
+    except FieldError as exc:
+        raise argparse.ArgumentTypeError(f"queue group {exc} (1-64 letters, digits, "
+                                         "'.', '_', '-'; first a letter or digit)") from None
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="macula", description="Macula edge agent")
     p.add_argument("--version", action="version", version=f"macula {__version__}")
@@ -54,18 +96,19 @@ def build_parser() -> argparse.ArgumentParser:
     dht.add_argument("--json", action="store_true")
 
     def client(sp: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        sp.add_argument("--node", default="127.0.0.1:9443", help="node to attach to (host:port)")
+        sp.add_argument("--node", default="127.0.0.1:9443", type=_node_address,
+                        help="node to attach to (host:port)")
         sp.add_argument("--realm", default="default")
         return sp
 
     p_pub = client(sub.add_parser("pub", help="publish a message"))
     p_pub.add_argument("topic")
     p_pub.add_argument("message", help="the payload; '-' reads stdin")
-    p_pub.add_argument("--count", type=int, default=1)
+    p_pub.add_argument("--count", type=_count(1), default=1)
     p_sub = client(sub.add_parser("sub", help="print messages matching a pattern"))
     p_sub.add_argument("pattern")
-    p_sub.add_argument("--group", help="queue group: one member gets each message")
-    p_sub.add_argument("--count", type=int, default=0, help="stop after this many")
+    p_sub.add_argument("--group", type=_group, help="queue group: one member gets each message")
+    p_sub.add_argument("--count", type=_count(0), default=0, help="stop after this many")
     p_sub.add_argument("--timeout", type=float, default=0, help="stop after this many seconds")
     p_call = client(sub.add_parser("call", help="call a procedure"))
     p_call.add_argument("procedure")

@@ -28,12 +28,16 @@ from macula.identity import (
 )
 from macula.pubsub.topics import validate_pattern, validate_topic
 from macula.transport import Endpoint, PeerPool, PoolSettings, Session, SessionConfig, State
+from macula.wire.fields import FieldError
 from macula.wire.messages import (
-    Call, Deliver, Error, Ping, Publish, PubsubFlow, Register, Reply, Subscribe, Unregister,
-    Unsubscribe,
+    REGISTRY, Call, Deliver, Error, MsgType, Ping, Publish, PubsubFlow, Register, Reply,
+    Subscribe, Unregister, Unsubscribe,
 )
 
 log = logging.getLogger("macula.client")
+# what the caller chooses (args may be any bytes-like object msgpack packs as bin)
+_CALL_CHECKS = [(n, v) for n, v in REGISTRY[MsgType.CALL].validators
+                if n in ("procedure", "timeout_ms")]
 
 Handler = Callable[[bytes], "bytes | Awaitable[bytes]"]
 
@@ -178,17 +182,26 @@ class Client:
         """Call ``procedure``; raises CallError (NO_RESPONDERS at once when nobody serves
         it, CALL_TIMEOUT, HANDLER_ERROR, CALL_OVERLOADED). Cancelling the caller's task
         abandons the call; a late reply is dropped."""
-        call_id = next(self._ids)
+        data = args.encode() if isinstance(args, str) else args
+        msg = Call(next(self._ids), procedure, data, int(timeout * 1000), idempotent)
+        # the node refuses a CALL that breaks the schema with an ERROR it cannot tie to a
+        # call id (the id is in the frame it failed to decode): the caller would wait out
+        # the timeout. The node's own validators, here, answer BAD_FIELD at once.
+        for name, check in _CALL_CHECKS:
+            try:
+                check(getattr(msg, name))
+            except FieldError as exc:
+                raise CallError(f"CALL.{name}{exc.path}: {exc.reason}",
+                                code=ErrorCode.BAD_FIELD) from None
+        call_id = msg.call_id
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
         self._calls[call_id] = fut
-        data = args.encode() if isinstance(args, str) else args
         # the node answers CALL_TIMEOUT itself; this deadline only covers a lost node
         self._guards[call_id] = (loop.time() + timeout + 1.0, procedure, timeout)
         if self._sweeper is None:
             self._sweeper = loop.call_later(GUARD_SWEEP, self._sweep)
         try:
-            msg = Call(call_id, procedure, data, int(timeout * 1000), idempotent)
             if not self.session.send(msg):
                 await self.session.send_wait(msg)
             return await fut

@@ -84,6 +84,13 @@ def _read_file(path: Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path} does not exist") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    # neither is a TOMLDecodeError; uncaught they were a traceback, exit 1 and endless restarts
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: not UTF-8 "
+                          f"(byte 0x{exc.object[exc.start]:02x} at offset {exc.start})") from None
+    except RecursionError:  # tomllib recurses once per nesting level of arrays/inline tables
+        raise ConfigError(f"config file {path} is not valid TOML: arrays or tables "
+                          f"nested too deeply") from None
     except OSError as exc:
         raise ConfigError(f"config file {path} cannot be read: {exc.strerror}") from None
 

@@ -26,6 +26,9 @@ SOCKET_NAME = "control.sock"
 MAX_REQUEST = 64 << 10
 MAX_CONNECTIONS = 16
 REQUEST_TIMEOUT = 30.0
+# a connection may wait this long for its next request line (or for us to write a reply):
+# idle clients must not hold the slots `macula status` needs
+IDLE_TIMEOUT = 5.0
 
 Command = Callable[[dict[str, Any]], Awaitable[Any]]
 
@@ -35,7 +38,8 @@ class ControlServer:
         self.node = node
         self.path = Path(runtime_dir) / SOCKET_NAME
         self._server: asyncio.base_events.Server | None = None
-        self._active = 0
+        self._conns: set[asyncio.StreamWriter] = set()
+        self._idle: dict[asyncio.StreamWriter, None] = {}  # waiting for a request, oldest first
         self.commands: dict[str, Command] = {"status": self._status}
 
     async def _status(self, _req: dict[str, Any]) -> Any:
@@ -63,32 +67,50 @@ class ControlServer:
             pass
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self._active >= MAX_CONNECTIONS:
-            writer.close()
+        if len(self._conns) >= MAX_CONNECTIONS and not self._evict_idle():
+            writer.close()  # every slot is running a command
             return
-        self._active += 1
+        self._conns.add(writer)
         try:
             while True:
+                self._idle[writer] = None
                 try:
-                    line = await reader.readline()
+                    line = await asyncio.wait_for(reader.readline(), IDLE_TIMEOUT)
                 except (ValueError, asyncio.LimitOverrunError):
                     await self._reply(writer, {"ok": False, "code": int(ErrorCode.BAD_FIELD),
                                                "error": f"request longer than {MAX_REQUEST} bytes"})
                     return
+                finally:
+                    self._idle.pop(writer, None)
                 if not line:
                     return
                 await self._reply(writer, await self._handle(line))
-        except (ConnectionError, asyncio.IncompleteReadError):
+        except (ConnectionError, asyncio.IncompleteReadError, asyncio.TimeoutError):
             pass
         finally:
-            self._active -= 1
+            self._conns.discard(writer)
+            self._idle.pop(writer, None)
             writer.close()
+
+    def _evict_idle(self) -> bool:
+        """At the cap, close the connection that has waited longest for a request, so a
+        new one is served; False if none is idle."""
+        if not self._idle:
+            return False
+        oldest = next(iter(self._idle))
+        del self._idle[oldest]
+        self._conns.discard(oldest)
+        oldest.close()  # its readline sees EOF and the handler ends
+        return True
 
     async def _handle(self, line: bytes) -> dict[str, Any]:
         try:
             req = json.loads(line)
             if not isinstance(req, dict) or not isinstance(req.get("cmd"), str):
                 raise ValueError
+        except RecursionError:  # json recurses per level; 32k brackets fit in MAX_REQUEST
+            return {"ok": False, "code": int(ErrorCode.BAD_ENCODING),
+                    "error": "request nested too deeply"}
         except ValueError:
             return {"ok": False, "code": int(ErrorCode.BAD_ENCODING),
                     "error": 'expected one JSON object per line: {"cmd": "...", ...}'}
@@ -110,4 +132,4 @@ class ControlServer:
     @staticmethod
     async def _reply(writer: asyncio.StreamWriter, body: dict[str, Any]) -> None:
         writer.write(json.dumps(body, separators=(",", ":")).encode() + b"\n")
-        await writer.drain()
+        await asyncio.wait_for(writer.drain(), IDLE_TIMEOUT)  # a client that never reads

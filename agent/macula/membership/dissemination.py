@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_left, insort
-from typing import Any
 
 Update = tuple  # (node_id, state, incarnation, addr | None, suspected_by | None): wire MEMBER_UPDATE
 

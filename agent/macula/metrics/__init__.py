@@ -48,8 +48,9 @@ async def start_metrics(node: "Node") -> "MetricsServer | None":
         await server.start(host, port)
     except OSError as exc:
         collector.detach()
-        log.warning("metrics endpoint off: cannot listen on %s:%d: %s", host, port,
-                    exc.strerror or exc)
+        # one line naming the key to change (a second node on the host: its own port)
+        log.warning("metrics endpoint off: metrics.listen = %r: cannot listen on %s:%d: %s",
+                    listen, host, port, exc.strerror or exc)
         return None
     log.info("metrics at http://%s/metrics", server.url_host)
     return server

@@ -27,7 +27,7 @@ from collections import Counter, deque
 from typing import TYPE_CHECKING, Any, Collection, Protocol
 
 from macula.errors import ErrorCode, MaculaError
-from macula.pubsub.router import LocalSub, PubSubRouter, Route
+from macula.pubsub.router import PubSubRouter, Route
 from macula.pubsub.topics import TopicError
 from macula.transport.outbox import ByteBudget, FlowGate, Outbox
 from macula.transport.session import Session, State

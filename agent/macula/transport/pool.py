@@ -150,8 +150,11 @@ class PeerPool:
             if w.task is not None:
                 w.task.cancel()
         sessions = self.peers() + self.clients()
+        # a light client's pool closes too: the node would log it as shutting down
+        client = self.cfg.role == "client"
+        reason = "client closed the connection" if client else "node shutting down"
         for s in sessions:
-            s.goaway("node shutting down")
+            s.goaway(reason)
         deadline = self.endpoint.loop.time() + self.settings.shutdown_timeout
         while any(s.link.buffered for s in sessions if not s.link.closed):
             if self.endpoint.loop.time() >= deadline:
@@ -174,9 +177,10 @@ class PeerPool:
     def _accept(self, link: QuicLink) -> bool:
         if self._closing or len(self._pending) >= self._max_pending:
             return False
+        # handshakes in progress from one address are capped here, silently (a flood);
+        # the cap on its sessions is told to the dialer in _admit (an honest host)
         source = _source(link)
-        if self._inbound[source] >= self.settings.sessions_per_source or \
-                sum(1 for s in self._pending if not s.dialer and _source(s.link) == source) \
+        if sum(1 for s in self._pending if not s.dialer and _source(s.link) == source) \
                 >= self._pending_per_source:
             self.stats.refused_source += 1
             return False
@@ -255,6 +259,12 @@ class PeerPool:
             if wanted is not None:
                 wanted.is_self = True
             raise SessionRefused("connected to itself", code=ErrorCode.DUPLICATE_SESSION)
+        if not session.dialer:
+            source = _source(session.link)
+            if self._inbound[source] > self.settings.sessions_per_source:
+                self.stats.refused_source += 1
+                raise SessionRefused(f"more than {self.settings.sessions_per_source} sessions "
+                                     f"from {source}", code=ErrorCode.OVERLOADED)
         if peer.role == "client":
             old = self._clients.get(peer.node_id)
             if old is None and len(self._clients) >= self.settings.max_clients:
@@ -262,9 +272,12 @@ class PeerPool:
                     self.stats.refused_full += 1
                     raise SessionRefused(f"client limit of {self.settings.max_clients} reached",
                                          code=ErrorCode.OVERLOADED)
-                # the least recently active client makes room (the table is kept in
-                # activity order by maintenance)
-                idle = next(iter(self._clients.values()))
+                # A client that never sent anything since CONNECT makes room first (a
+                # flood of throw-away identities pushes out its own kind, not an idle
+                # subscriber or provider), else the least recently active one (the table
+                # is kept in activity order by maintenance).
+                idle = next((c for c in self._clients.values() if not c.spoke),
+                            next(iter(self._clients.values())))
                 self.stats.clients_evicted += 1
                 idle.goaway("client table full", ErrorCode.OVERLOADED)
                 idle.close(ErrorCode.OVERLOADED, "evicted: client table full, least active")

@@ -252,7 +252,15 @@ class QuicLink:
         if self.closed:
             return
         self._push_pending()
-        datagrams = self.conn.datagrams_to_send(now)
+        try:
+            datagrams = self.conn.datagrams_to_send(now)
+        except QuicConnectionError as exc:
+            # qh3's native core can fail one connection (seen: "packet builder capacity
+            # exhausted" under attack); end that link instead of leaving it timerless in
+            # the tables and aborting the flush of every other link
+            self.endpoint.stats["quic_errors"] += 1
+            self._terminated(0x1, f"QUIC error: {exc}")
+            return
         if datagrams:
             self.endpoint._send_datagrams(datagrams)
         if self.stream_id is not None:
@@ -309,7 +317,7 @@ class Endpoint:
         self._server_config = self._make_config(is_client=False)
         self._gso = sys.platform == "linux"   # turned off at the first failure
         self._gro = False
-        self.stats = {"datagrams_in": 0, "datagrams_out": 0, "send_dropped": 0,
+        self.stats = {"quic_errors": 0, "datagrams_in": 0, "datagrams_out": 0, "send_dropped": 0,
                       "unknown_cid": 0, "accept_refused": 0, "gso_sends": 0, "gro_receives": 0,
                       "icmp_unreachable": 0, "unreachable_probes": 0, "unreachable_closed": 0,
                       "retries_sent": 0, "retry_bad_token": 0, "source_refused": 0}

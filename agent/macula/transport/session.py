@@ -14,6 +14,7 @@ past ``bad_frames_per_minute`` is disconnected.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 from dataclasses import dataclass, field
@@ -160,6 +161,7 @@ class Session:
         self._backlog_bytes = 0
         self._backlog_task: asyncio.Task | None = None
         self.rate_limited = 0
+        self.bad_frames = 0  # refused or invalid frames from this peer (metrics, tests)
         self.counted_out = False  # the pool has taken it off its per-source count
         self._on_admit = on_admit  # raises SessionRefused to turn the peer away
         self._on_established = on_established
@@ -174,6 +176,7 @@ class Session:
         self.last_received = self.loop.time()
         self.dial_address: tuple[str, int] | None = None  # set by the pool when it dials
         self.active = False  # application traffic since the pool last looked
+        self.spoke = False   # the peer ever sent an application frame (eviction order)
         self.peer_leaving = False  # the peer said it is leaving the mesh (shutdown)
         self.retired = False  # lost a simultaneous-dial contest: draining, then closed
         self.frames_in = 0
@@ -191,7 +194,8 @@ class Session:
     # -- handshake ------------------------------------------------------------------
     async def established(self) -> "Session":
         """Wait until CONNECT/CONNECTED completed; raises SessionRefused otherwise."""
-        return await asyncio.shield(self._established)
+        await asyncio.shield(self._established)
+        return self
 
     def _on_handshake(self) -> None:
         if not self.dialer:
@@ -272,8 +276,7 @@ class Session:
         assert peer is not None
         self.send_limit = peer.max_frame or cfg.max_frame
         accepted = cfg.accepts(peer) if cfg.accepts is not None else None
-        self._decoder.refuse = None if accepted is None else refusal_table(
-            (*accepted, *_SESSION_WIRE_TYPES), _not_served)
+        self._decoder.refuse = None if accepted is None else _refusals(frozenset(accepted))
         if cfg.peer_bytes_per_second > 0:
             self._bytes_in = TokenBucket(cfg.peer_bytes_per_second,
                                          max(cfg.peer_bytes_per_second, 2 * cfg.max_frame),
@@ -284,7 +287,7 @@ class Session:
         self.state = State.ESTABLISHED
         self.last_received = self.loop.time()
         if not self._established.done():
-            self._established.set_result(self)
+            self._established.set_result(None)  # not self: that would be a cycle
         self._on_established(self)
 
     def _handshake_timed_out(self) -> None:
@@ -359,7 +362,7 @@ class Session:
         t = type(msg)
         if self.state is State.ESTABLISHED:
             if t not in _SESSION_TYPES:  # the hot path: application messages
-                self.active = True
+                self.active = self.spoke = True
                 self._on_message(self, msg)
             elif t is Ping:
                 self._send_control(Pong(msg.seq))
@@ -432,6 +435,7 @@ class Session:
 
     def _bad_frame(self, err: ProtocolError) -> None:
         log.debug("bad frame from %s: %r", self.link.remote_addr, err)
+        self.bad_frames += 1
         if err.fatal or self.state is State.HANDSHAKING:
             self._refuse(SessionRefused(err.message, code=err.code))
         elif not self._bad_frames.try_take():
@@ -625,6 +629,13 @@ class Session:
                 "session closed", code=ErrorCode.GOING_AWAY))
             self._established.exception()
         self._on_closed(self)
+
+
+@functools.lru_cache(maxsize=64)
+def _refusals(accepted: frozenset[int]) -> list[ProtocolError | None]:
+    """One table per distinct set of accepted types (a handful: clients, members,
+    other nodes), shared by every session with that set (256 slots each)."""
+    return refusal_table((*accepted, *_SESSION_WIRE_TYPES), _not_served)
 
 
 def _not_served(t: int) -> ProtocolError:
