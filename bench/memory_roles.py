@@ -67,7 +67,20 @@ async def churn(hub: str, state: Path, seconds: float, n_nodes: int, n_clients: 
     counts = dict(cycles=0, joins=0, clients=0, published=0, calls=0)
     deadline = time.monotonic() + seconds
     identities = 3 * n_nodes   # a fixed set of devices, a third of them present per cycle
+    progress = [time.monotonic()]
+
+    async def watchdog() -> None:  # a cycle stuck for a minute: show where every task waits
+        while True:
+            await asyncio.sleep(10)
+            if time.monotonic() - progress[0] > 60:
+                print(f"churn: cycle {counts['cycles']} stuck for 60 s; tasks:", file=sys.stderr)
+                for task in asyncio.all_tasks():
+                    task.print_stack(limit=8, file=sys.stderr)
+                progress[0] = time.monotonic()
+
+    dog = asyncio.get_running_loop().create_task(watchdog())
     while time.monotonic() < deadline:
+        progress[0] = time.monotonic()
         cycle = counts["cycles"]
         first = (cycle * n_nodes) % identities
         nodes = [Node(node_config(state, f"churn-{(first + i) % identities}", hub), control=False)
@@ -101,6 +114,7 @@ async def churn(hub: str, state: Path, seconds: float, n_nodes: int, n_clients: 
         counts["cycles"] += 1
         counts["joins"] += n_nodes
         counts["clients"] += n_clients
+    dog.cancel()
     say(**counts)
 
 

@@ -146,6 +146,9 @@ def _dispatch(args: argparse.Namespace) -> int:
     from macula.cli.logs import setup_logging
 
     if args.command == "run":
+        from macula.runtime.memory import limit_arenas
+
+        limit_arenas()  # before the node starts threads (runtime/memory.py says why)
         from macula.cli.run import run_node
         from macula.service import setup_logging as service_logging
 

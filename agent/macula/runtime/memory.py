@@ -21,6 +21,17 @@ if sys.platform.startswith("linux"):
         _trim = None
 
 TRIM_INTERVAL = 60.0
+ARENA_MAX = 2
+_M_ARENA_MAX = -8  # mallopt parameter (malloc.h)
+
+
+def limit_arenas(n: int = ARENA_MAX) -> bool:
+    """Cap glibc's malloc arenas (as MALLOC_ARENA_MAX does). Each thread that allocates
+    (executor threads: pin writes, name lookups) may otherwise get an arena of its own
+    that keeps its freed chunks: with the default cap (8 per core) the churn soak grew
+    about 3 MiB per 10 min and 100 peers cost 52 MiB instead of 42."""
+    mallopt = getattr(_libc, "mallopt", None) if _trim is not None else None
+    return bool(mallopt and mallopt(_M_ARENA_MAX, n) == 1)
 
 
 def trim_heap() -> bool:
