@@ -215,3 +215,16 @@ async def test_a_store_without_a_file_never_writes(writes):
     assert store.check_and_pin("lab", "a", KEY_A) is True
     await store.close()
     assert writes == []
+
+
+async def test_close_never_hangs_whatever_moment_it_lands_on(tmp_path):
+    # The flusher once waited in asyncio.wait_for, which on 3.11 can swallow a cancel that
+    # lands as its wait completes: Node.stop() then hung in close() (the churn soak).
+    for i in range(300):
+        store = TofuStore(tmp_path / f"k{i % 3}.json", 64, touch_interval=0.0005,
+                          flush_interval=0.0005)
+        store.start()
+        store.check_and_pin("r", f"n{i}", bytes([i % 256]) * 32)
+        for _ in range(i % 4):
+            await asyncio.sleep(0)
+        await asyncio.wait_for(store.close(), 2)

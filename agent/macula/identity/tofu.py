@@ -76,6 +76,7 @@ class TofuStore:
                  touch_interval: float = TOUCH_INTERVAL) -> None:
         if capacity < 1:
             raise ValueError("capacity must be >= 1")
+        self._closing = False
         self.path = Path(path) if path is not None else None
         self.capacity = capacity
         self.flush_interval = flush_interval
@@ -150,6 +151,7 @@ class TofuStore:
         if self._task is not None or self.path is None:
             return
         self._wake = asyncio.Event()
+        self._closing = False
         if self._dirty:
             self._wake.set()
         self._task = asyncio.get_running_loop().create_task(self._run(), name="tofu-flusher")
@@ -157,12 +159,20 @@ class TofuStore:
     async def _run(self) -> None:
         assert self._wake is not None
         loop = asyncio.get_running_loop()
-        while True:
+        # No asyncio.wait_for here: on 3.11 a cancel that lands as the wait completes is
+        # swallowed, and close() then waited for this task for ever (the churn soak hung
+        # in Node.stop). A timer sets the same event; the loop also checks _closing.
+        wake = self._wake
+        while not self._closing:
+            ticked = []
+            timer = loop.call_later(self.touch_interval, lambda: (ticked.append(1), wake.set()))
             try:
-                await asyncio.wait_for(self._wake.wait(), self.touch_interval)
-                timed_out = False
-            except asyncio.TimeoutError:
-                timed_out = True
+                await wake.wait()
+            finally:
+                timer.cancel()
+            if self._closing:
+                return
+            timed_out = bool(ticked)
             if not (self._dirty or (timed_out and self._touched)):
                 self._wake.clear()  # already written by an explicit flush()
                 continue
@@ -221,6 +231,9 @@ class TofuStore:
         written synchronously again."""
         task, self._task = self._task, None
         if task is not None:
+            self._closing = True
+            if self._wake is not None:
+                self._wake.set()
             task.cancel()
             try:
                 await task
