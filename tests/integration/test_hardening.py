@@ -324,3 +324,23 @@ async def test_sessions_per_source_address_are_capped(tmp_path):
         for p in pools:
             await p.close()
         await node.stop()
+
+
+async def test_a_light_client_accepts_no_inbound_connection(tmp_path):
+    node = await start_node(tmp_path, "a")
+    client = await connect(addr(node), realm="test", name="light")
+    other = await start_node(tmp_path, "b")
+    try:
+        # a node dialling the client's port (a stale address the OS reused) gets nothing,
+        # and the client keeps its session to its own node
+        port = client._pool.endpoint.local_address[1]
+        with pytest.raises(SessionRefused):
+            await other.pool.connect("127.0.0.1", port, timeout=1.0)
+        inbox = client.subscribe("still.here")
+        await client.flush()
+        await client.publish("still.here", b"yes")
+        assert (await inbox.next(2)).payload == b"yes"
+    finally:
+        await other.stop()
+        await client.close()
+        await node.stop()

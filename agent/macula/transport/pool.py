@@ -102,7 +102,10 @@ class PeerPool:
         self.on_peer_up: Callable[[Session], None] = lambda s: None
         self.on_peer_down: Callable[[Session], None] = lambda s: None
         self._on_message: Callable[[Session, Any], None] = lambda s, m: None
-        endpoint.on_accept = self._accept
+        if cfg.role != "client":
+            # a light client only dials: a node redialling a stale address that the OS
+            # gave to a client's socket must not land in (and evict from) its pool
+            endpoint.on_accept = self._accept
 
     @property
     def on_message(self) -> Callable[[Session, Any], None]:
