@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from helpers import until
 from macula.errors import ErrorCode, SessionRefused
 from macula.identity import TofuStore
 from macula.identity import tofu as tofu_mod
@@ -54,7 +55,7 @@ async def test_a_pin_flood_is_cheap_on_the_loop_and_written_once_per_interval(tm
         on_loop += time.perf_counter() - t0
         await asyncio.sleep(0)
     assert on_loop < 0.25, f"{on_loop * 1e3:.1f} ms on the loop for 10,000 pins"
-    await asyncio.sleep(0.2)           # let a write in flight finish
+    await until(lambda: store._inflight is None or store._inflight.done(), 2, "write in flight")
     assert len(writes) <= 1            # the first pin is written at once, the rest wait
     assert store.pending
     await store.close()
@@ -162,7 +163,7 @@ async def test_close_writes_the_pins_still_pending(tmp_path, writes):
     store = TofuStore(path, 100, flush_interval=3600.0)
     store.start()
     store.check_and_pin("lab", "first", KEY_A)
-    await asyncio.sleep(0.05)                       # written at once: the store was idle
+    await until(lambda: writes == [1], 2, "first pin written")  # at once: the store was idle
     for i in range(20):
         store.check_and_pin("lab", f"n{i}", key(i))
     assert store.forget("first") == 1
