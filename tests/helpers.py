@@ -21,7 +21,7 @@ TEST_LIMITS = {"max_peers": 64, "max_clients": 64, "max_frame_bytes": 1 << 20,
                "agent_memory_mib": 256, "gossip_fanout": 3, "gossip_interval": 0.5,
                "handshakes_per_source": 1000, "sessions_per_source": 1000,
                "partial_frame_bytes_total": 32 << 20, "peer_bytes_per_second": 1 << 30,
-               "peer_frames_per_second": 1 << 24}
+               "peer_frames_per_second": 1 << 24, "receive_window_bytes": 1 << 20}
 
 
 def node_config(state_dir: Path, name: str, *, realm: str = "test", seeds: tuple[str, ...] = (),

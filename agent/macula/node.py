@@ -167,6 +167,7 @@ class Node:
         self.endpoint = Endpoint(tls, idle_timeout=cfg.timeouts.idle,
                                  max_handshakes_per_s=lim.handshakes_per_second,
                                  receive_buffer=lim.udp_receive_buffer_bytes,
+                                 receive_window=lim.receive_window_bytes,
                                  handshakes_per_source=lim.handshakes_per_source,
                                  retry_threshold=max(4, lim.handshakes_per_second // 4))
         try:

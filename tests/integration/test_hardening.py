@@ -343,3 +343,28 @@ async def test_a_light_client_accepts_no_inbound_connection(tmp_path):
         await other.stop()
         await client.close()
         await node.stop()
+
+
+# -- slow subscriber / full-rate publisher --------------------------------------------
+async def test_a_peer_may_have_only_the_profiles_receive_window_in_flight(tmp_path):
+    """qh3's default windows (15 MiB, 6 MiB a stream) let a full-rate publisher keep
+    ~70 ms of work queued ahead of every other client's frames (bench/run abuse,
+    slowsub: honest p99 1.6 -> 74 ms); the node now advertises the profile's window."""
+    node = await start_node(tmp_path, "a", limits={"receive_window_bytes": 256 << 10})
+    pool, session = await raw_client(node)
+    try:
+        conn = session.link.conn
+        assert conn._remote_max_stream_data_bidi_remote == 128 << 10
+        # and the stream still carries a frame larger than the window
+        big = await connect(addr(node), realm="test", name="big")
+        sub = await connect(addr(node), realm="test", name="sub")
+        inbox = sub.subscribe("bulk")
+        await sub.flush()
+        payload = os.urandom(600_000)
+        await big.publish("bulk", payload)
+        assert (await inbox.next(5)).payload == payload
+        await big.close()
+        await sub.close()
+    finally:
+        await pool.close()
+        await node.stop()

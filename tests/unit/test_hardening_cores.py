@@ -87,3 +87,28 @@ def test_token_bucket_charge_meters_after_the_fact_at_most_one_burst_in_debt():
 def test_bridge_rpc_with_a_bounded_any_value_round_trips():
     msg = BridgeRpc(7, 1, "lookup", {"k": (1, 2, 3)})
     assert decode_body(MsgType.BRIDGE_RPC, encode(msg)[8:]) == msg
+
+
+def test_one_read_serves_small_established_batches_first_and_handshakes_last():
+    """A request read behind a flooder's burst is handled, and what it caused is sent,
+    before the burst; new connections (milliseconds of handshake CPU each) come last."""
+    from types import SimpleNamespace
+
+    from macula.transport.quic import Endpoint
+
+    done: list = []
+    fake = SimpleNamespace(_deliver=lambda link, addr, items: done.append(link.name),
+                           _flush=lambda: done.append("flush"))
+    class Link:
+        def __init__(self, name: str, half_open: bool = False) -> None:
+            self.name, self._half_open = name, half_open
+
+    link = Link
+    flood, new, honest, other = link("flood"), link("new", True), link("honest"), link("other")
+    batches = {flood: ["a", *["burst"] * 30], new: ["a", "hello"],
+               honest: ["a", "call"], other: ["a", "x", "y"]}
+    Endpoint._deliver_fairly(fake, batches)
+    assert done == ["honest", "other", "flood", "flush", "new"]
+    done.clear()
+    Endpoint._deliver_fairly(fake, {flood: ["a", "b", "c"], honest: ["a", "call"]})
+    assert done == ["honest", "flood"]   # no handshake: no extra flush

@@ -173,6 +173,10 @@ class LimitsConfig:
     udp_receive_buffer_bytes: int = _opt("SO_RCVBUF asked for the node's UDP socket (the "
                                          "kernel caps it at net.core.rmem_max)",
                                          int_range(64 << 10, 1 << 30))
+    receive_window_bytes: int = _opt("bytes one peer may send ahead of what the node has "
+                                     "read (QUIC flow control; a stream gets half): bounds "
+                                     "how long others' frames wait behind a busy peer",
+                                     int_range(16 << 10, 1 << 30))
     handshakes_per_second: int = _opt("new QUIC connections accepted per second (CPU-bound)",
                                       int_range(1, 100000))
     handshakes_per_source: int = _opt("new QUIC connections accepted per second from one IP "

@@ -22,7 +22,9 @@ if sys.platform.startswith("linux"):
 
 TRIM_INTERVAL = 60.0
 ARENA_MAX = 2
-_M_ARENA_MAX = -8  # mallopt parameter (malloc.h)
+MMAP_THRESHOLD = 128 * 1024
+_M_ARENA_MAX = -8  # mallopt parameters (malloc.h)
+_M_MMAP_THRESHOLD = -3
 
 
 def limit_arenas(n: int = ARENA_MAX) -> bool:
@@ -31,7 +33,12 @@ def limit_arenas(n: int = ARENA_MAX) -> bool:
     that keeps its freed chunks: with the default cap (8 per core) the churn soak grew
     about 3 MiB per 10 min and 100 peers cost 52 MiB instead of 42."""
     mallopt = getattr(_libc, "mallopt", None) if _trim is not None else None
-    return bool(mallopt and mallopt(_M_ARENA_MAX, n) == 1)
+    if not mallopt:
+        return False
+    import os
+    if os.environ.get("MACULA_MMAP_FIXED", "1") == "1":
+        mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+    return mallopt(_M_ARENA_MAX, n) == 1
 
 
 def trim_heap() -> bool:

@@ -293,15 +293,19 @@ class Endpoint:
                  on_accept: Callable[[QuicLink], bool] | None = None,
                  max_handshakes_per_s: float = 200.0, receive_buffer: int = 4 << 20,
                  handshakes_per_source: float = 20.0, retry_threshold: int = 16,
+                 receive_window: int = 1 << 20,
                  loop: asyncio.AbstractEventLoop | None = None) -> None:
         """``handshakes_per_source``: new connections accepted per second from one IP
         address. ``retry_threshold``: with this many accepted connections still in
         their handshake, new ones must first prove their address with a Retry (RFC
-        9000 8.1), so a flood of Initials from forged addresses costs no state."""
+        9000 8.1), so a flood of Initials from forged addresses costs no state.
+        ``receive_window``: bytes one peer may send ahead of what this node has read
+        (the connection's flow-control window; a stream gets half)."""
         self.loop = loop or asyncio.get_running_loop()
         self.tls = tls
         self.idle_timeout = idle_timeout
         self.receive_buffer = receive_buffer
+        self.receive_window = receive_window  # QUIC flow control: bytes in flight per peer
         self.on_accept = on_accept  # None = dial only (a light client)
         self._sock: socket.socket | None = None
         self._cids: dict[bytes, QuicLink] = {}
@@ -329,6 +333,10 @@ class Endpoint:
             alpn_protocols=[ALPN], is_client=is_client, idle_timeout=self.idle_timeout,
             connection_id_length=CID_LENGTH, max_datagram_size=MAX_DATAGRAM_SIZE,
             max_datagram_frame_size=MAX_DATAGRAM_FRAME_SIZE,
+            # Flow control bounds what one peer can have queued at this node, unread:
+            # qh3's defaults (15 MiB, 6 MiB a stream) let a full-rate publisher keep
+            # ~70 ms of work ahead of every other peer's frames in the socket.
+            max_data=self.receive_window, max_stream_data=self.receive_window // 2,
         )
         if is_client:
             cfg.server_name = server_name
@@ -540,9 +548,30 @@ class Endpoint:
                 batches[link] = [addr, item]
         if not batches:
             return
-        for link, batch in batches.items():
-            self._deliver(link, batch[0], batch[1:])
+        if len(batches) == 1:
+            for link, batch in batches.items():
+                self._deliver(link, batch[0], batch[1:])
+        else:
+            self._deliver_fairly(batches)
         self._flush()
+
+    def _deliver_fairly(self, batches: dict) -> None:
+        """One read holds datagrams of several links: the small batches of established
+        links first (a request behind a flooder's burst is handled, and its answer sent,
+        before the burst), then new connections, whose handshakes cost milliseconds of
+        CPU each and so come after what is already flowing."""
+        flowing = [(len(b), i, link) for i, (link, b) in enumerate(batches.items())
+                   if not link._half_open]
+        flowing.sort()
+        for _n, _i, link in flowing:
+            batch = batches[link]
+            self._deliver(link, batch[0], batch[1:])
+        if len(flowing) < len(batches):
+            if flowing:
+                self._flush()
+            for link, batch in batches.items():
+                if link._half_open:
+                    self._deliver(link, batch[0], batch[1:])
 
     def _read_errors(self) -> None:
         """Drain the socket's error queue (it keeps the socket readable until empty)."""
