@@ -64,7 +64,7 @@ async def main(name: str, n: int, seed: str | None) -> None:
             emit(changed=int(line[1]), t=t)
         elif line[0] == "stats":
             st = cluster.status()
-            emit(sent=st["bytes_sent"], received=st["bytes_received"], t=time.monotonic())
+            emit(sent=st["bytes_sent"], t=time.monotonic())
         elif line[0] == "quit":
             break
     await node.stop()

@@ -21,11 +21,13 @@ from typing import Any, Callable, Iterator
 from macula import __version__
 from macula.config import Config
 from macula.errors import ConfigError, ErrorCode
+from macula.host import Accept, Handler, Host, PeerDown, PeerEvent, PeerUp
 from macula.identity import (
     TofuStore, load_or_create_dev_material, load_or_create_identity, load_production_material,
 )
 from macula.identity.tofu import TOFU_FILE
 from macula.metrics import rss_bytes, start_metrics
+from macula.operations import NodeFacts, Operations
 from macula.transport import Endpoint, PeerPool, PoolSettings, Session, SessionConfig
 from macula.transport.budget import ReceiveBudget
 from macula.transport.session import PeerInfo
@@ -36,8 +38,6 @@ from macula.wire.messages import (
 
 log = logging.getLogger("macula.node")
 
-Handler = Callable[[Session, Any], None]
-Accept = Callable[[PeerInfo], bool]
 # what a light client may send; every other type is refused from its frame header
 CLIENT_MESSAGES = frozenset({Publish, Subscribe, Unsubscribe, Call, Reply, Register, Unregister})
 
@@ -117,7 +117,6 @@ class Node:
         self._metrics = None
         self._handlers: dict[type, Handler] = {}
         self._accept: dict[type, Accept | None] = {}
-        self._stopped = asyncio.Event()
         self._housekeeping: asyncio.Task | None = None
         self._tofu: TofuStore | None = None
         self.dht = None
@@ -125,7 +124,9 @@ class Node:
         self.rpc = None
         self.cluster = None
         self.listen_address: tuple[str, int] | None = None
-        self.peer_listeners: list[Callable[[str, Session], None]] = []
+        self.host: Host | None = None
+        self.operations: Operations | None = None
+        self._peer_listeners: list[Callable[[PeerEvent], None]] = []
 
     # -- composition -----------------------------------------------------------------
     def on(self, msg_cls: type, handler: Handler, accept: Accept | None = None) -> None:
@@ -199,23 +200,48 @@ class Node:
         self.pool.on_peer_down = self._peer_down
         self.pool.on_message = self._dispatch
         self.pool.start()
-        self._start_services()
+        self.host = Host(node_id=identity.node_id, name=self.name, realm=cfg.node.realm,
+                         loop=self.endpoint.loop, pool=self.pool, advertise=advertise,
+                         seeds=tuple(cfg.seed_addresses()), on=self.on,
+                         watch_peers=self._peer_listeners.append)
+        self._start_services(self.host)
         for host, port in cfg.seed_addresses():
             self.pool.keep_connected(host, port)
+        self.started_at = time.monotonic()
+        self.operations = self._operations(identity.node_id)
         if self.control_enabled:
             from macula.control.server import ControlServer
 
-            control = ControlServer(self, self.runtime_dir)
-            control.commands.update(self.dht.control_commands())
+            control = ControlServer(self.operations, self.runtime_dir)
             with _names_key("node.runtime_dir", self.runtime_dir):
                 await control.start()
             self._control = control  # stop() after a failed start must not raise again
-            self._metrics = await start_metrics(self)
+            self._metrics = await start_metrics(self.operations, cfg.metrics.listen)
         self._housekeeping = asyncio.get_running_loop().create_task(self._housekeep())
-        self.started_at = time.monotonic()
         log.info("node %s (%s) listening on %s:%d, realm %r, TLS %s, %d seed(s)",
                  self.name, identity.node_id.hex()[:12], *self.listen_address, cfg.node.realm,
                  cfg.tls.mode, len(cfg.network.seeds))
+
+    def _operations(self, node_id: bytes) -> Operations:
+        cfg, pool, endpoint = self.cfg, self.pool, self.endpoint
+        assert pool is not None and endpoint is not None and self.dht is not None
+        facts = NodeFacts(node_id=node_id, name=self.name, realm=cfg.node.realm,
+                          version=__version__, tls_mode=cfg.tls.mode, hw_profile=cfg.hw_profile,
+                          limits=dataclasses.asdict(cfg.limits), started_at=self.started_at)
+        listeners = self._peer_listeners
+
+        def counters() -> dict[str, dict[str, Any]]:
+            return {"endpoint": endpoint.stats,
+                    "pool": {k: v for k, v in dataclasses.asdict(pool.stats).items()
+                             if isinstance(v, int)},
+                    "pubsub": self.pubsub.status() if self.pubsub else {},
+                    "rpc": self.rpc.status() if self.rpc else {}}
+
+        return Operations(facts=facts, status=self.status,
+                          sessions=lambda: pool.peers() + pool.clients(), counters=counters,
+                          watch_peers=listeners.append,
+                          unwatch_peers=lambda f: listeners.remove(f) if f in listeners else None,
+                          commands=self.dht.control_commands())
 
     def _caps(self) -> tuple[str, ...]:
         from macula.cluster import cluster_cap
@@ -225,39 +251,41 @@ class Node:
         name = self.cfg.cluster.name
         return caps + (cluster_cap(name),) if name else caps
 
-    def _start_services(self) -> None:
+    def _start_services(self, host: Host) -> None:
+        """Each service is complete when its constructor returns; a service comes after
+        the ones it is given."""
         from macula.cluster import ClusterService, ClusterSettings
         from macula.dht.config import DhtConfig
         from macula.dht.service import DhtService
         from macula.pubsub.interest import ClusterInterest, DhtInterest
+        from macula.pubsub.router import PubSubRouter
         from macula.pubsub.service import PubSubService
         from macula.rpc.discovery import ClusterProviders, DhtProviders
+        from macula.rpc.local import LocalProcedures
         from macula.rpc.service import RpcService
 
-        lim = self.cfg.limits
-        self.dht = DhtService(self, DhtConfig(
+        cfg, lim = self.cfg, self.cfg.limits
+        dht = self.dht = DhtService(host, DhtConfig(
             max_records=lim.dht_storage_entries,
             max_bytes_per_publisher=max(64 << 10, lim.dht_storage_bytes // 64),
-            max_ttl=max(86400.0, self.cfg.dht.record_ttl), rpc_timeout=self.cfg.dht.rpc_timeout),
-            client_mode=self.cfg.dht.mode == "client")
-        self.dht.attach()
+            max_ttl=max(86400.0, cfg.dht.record_ttl), rpc_timeout=cfg.dht.rpc_timeout),
+            client_mode=cfg.dht.mode == "client")
         # the cluster state routes among members; the DHT serves everyone else
-        self.cluster = ClusterService(self, ClusterSettings.from_config(self.cfg))
-        self.pubsub = PubSubService(self, subscriber_queue_bytes=lim.subscriber_queue_bytes,
+        cluster = self.cluster = ClusterService(host, ClusterSettings.from_config(cfg))
+        router = PubSubRouter(max_subscriptions=lim.max_subscriptions,
+                              max_per_owner=lim.max_subscriptions_per_client)
+        interest = ClusterInterest(host, router, cluster, lambda on_view: DhtInterest(
+            host, router, dht, on_view=on_view, cache_entries=lim.cache_entries,
+            record_ttl=cfg.dht.record_ttl))
+        self.pubsub = PubSubService(host, router, interest,
+                                    subscriber_queue_bytes=lim.subscriber_queue_bytes,
                                     total_queue_bytes=lim.send_buffer_total_bytes,
-                                    max_subscriptions=lim.max_subscriptions,
-                                    max_per_client=lim.max_subscriptions_per_client,
-                                    publish_hold=self.cfg.timeouts.publish_hold)
-        self.pubsub.interest = ClusterInterest(
-            self.pubsub, DhtInterest(self.pubsub, self.dht, cache_entries=lim.cache_entries,
-                                     record_ttl=self.cfg.dht.record_ttl), self.cluster)
-        self.pubsub.attach()
-        self.rpc = RpcService(self, max_pending=lim.max_pending_calls)
-        self.rpc.providers = ClusterProviders(
-            self.rpc, DhtProviders(self.rpc, self.dht, cache_entries=lim.cache_entries,
-                                   advertise_ttl=self.cfg.dht.record_ttl), self.cluster)
-        self.rpc.attach()
-        self.cluster.attach()
+                                    publish_hold=cfg.timeouts.publish_hold)
+        local = LocalProcedures()
+        providers = ClusterProviders(host, local, DhtProviders(
+            host, dht, cache_entries=lim.cache_entries, advertise_ttl=cfg.dht.record_ttl),
+            cluster)
+        self.rpc = RpcService(host, local, providers, max_pending=lim.max_pending_calls)
 
     async def _housekeep(self) -> None:
         from macula.runtime.memory import TRIM_INTERVAL, trim_heap
@@ -284,7 +312,6 @@ class Node:
         if self._tofu is not None:
             await self._tofu.close()  # write the pins still pending
             self._tofu = None
-        self._stopped.set()
         log.info("node %s stopped", self.name)
 
     # -- events ---------------------------------------------------------------------
@@ -292,8 +319,9 @@ class Node:
         p = session.peer
         assert p is not None
         log.info("peer joined: %s (%s) %s at %s:%d", p.name, p.short_id, p.role, *p.address)
-        for listener in self.peer_listeners:
-            listener("up", session)
+        event = PeerUp(session)
+        for listener in self._peer_listeners:
+            listener(event)
 
     def _peer_down(self, session: Session) -> None:
         p = session.peer
@@ -301,8 +329,9 @@ class Node:
         reason = session.error.message if session.error else "closed"
         log.info("%s left: %s (%s): %s", "client" if p.role == "client" else "peer",
                  p.name, p.short_id, reason)
-        for listener in self.peer_listeners:
-            listener("down", session)
+        event = PeerDown(session)
+        for listener in self._peer_listeners:
+            listener(event)
 
     def _dispatch(self, session: Session, msg: Any) -> None:
         handler = self._handlers.get(type(msg))
@@ -358,6 +387,3 @@ class Node:
             "rpc": self.rpc.status() if self.rpc else None,
             "cluster": self.cluster.status() if self.cluster else None,
         }
-
-    async def wait_stopped(self) -> None:
-        await self._stopped.wait()

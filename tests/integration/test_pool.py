@@ -8,6 +8,7 @@ import pytest
 
 from helpers import addr, peer_names, start_node, until
 from macula.errors import ErrorCode, SessionRefused
+from macula.host import PeerDown
 
 
 async def test_full_pool_evicts_the_least_recently_used_peer_but_never_a_seed(tmp_path):
@@ -71,12 +72,13 @@ async def test_shutdown_sends_goaway_so_peers_notice_at_once(tmp_path):
     left = asyncio.Event()
     reasons = []
 
-    def watch(event, session):
-        if event == "down":
+    def watch(event):
+        if type(event) is PeerDown:
+            session = event.session
             reasons.append(session.error.message if session.error else "")
             left.set()
 
-    b.peer_listeners.append(watch)
+    b.operations.watch_peers(watch)
     try:
         await until(lambda: peer_names(b) == {"a"}, what="joined")
         loop = asyncio.get_running_loop()

@@ -442,6 +442,9 @@ def test_a_connect_from_another_key_under_a_pinned_name_is_refused(hs):
 
 # -- 3. the control socket ------------------------------------------------------------------
 class _Node:
+    """Stands in for the node's operations table."""
+    commands: dict = {}
+
     def status(self):
         return {"ok": True}
 

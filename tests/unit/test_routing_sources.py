@@ -11,6 +11,7 @@ from types import SimpleNamespace
 from macula.pubsub.interest import ClusterInterest
 from macula.pubsub.router import PubSubRouter, RemotePattern
 from macula.rpc.discovery import ClusterProviders
+from macula.rpc.local import LocalProcedures
 
 A, B, C = b"A" * 32, b"B" * 32, b"C" * 32
 T = RemotePattern("t.>", None, 1)
@@ -75,6 +76,10 @@ class FakeDhtInterest:
         self.loop = None
         self.changed = 0
 
+    def bind(self, on_view):
+        self.on_view = on_view   # what ClusterInterest's factory does with a real one
+        return self
+
     def answer(self, view):
         self.view = view
         self.on_view(view)
@@ -85,9 +90,8 @@ class FakeDhtInterest:
 
 def interest():
     router = PubSubRouter(max_subscriptions=100, max_per_owner=10, rng=random.Random(1))
-    pubsub = SimpleNamespace(node=None, router=router)
     cluster, dht = FakeCluster(), FakeDhtInterest()
-    return ClusterInterest(pubsub, dht, cluster), router, cluster, dht
+    return ClusterInterest(None, router, cluster, dht.bind), router, cluster, dht
 
 
 def test_cluster_interest_survives_a_dht_answer_that_does_not_name_the_node():
@@ -162,9 +166,11 @@ class FakeDhtProviders:
 
 
 def providers(local=()):
-    rpc = SimpleNamespace(node=None, local_procedures=lambda: sorted(local))
+    procs = LocalProcedures()
+    for name in local:
+        procs.register(A, name)
     cluster, dht = FakeCluster(), FakeDhtProviders()
-    return ClusterProviders(rpc, dht, cluster), cluster, dht
+    return ClusterProviders(None, procs, dht, cluster), cluster, dht
 
 
 async def test_providers_come_from_the_cluster_first_without_discovery():

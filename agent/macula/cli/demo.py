@@ -12,6 +12,7 @@ from pathlib import Path
 
 from macula.client import CallError, Client, connect
 from macula.config import load_config, replace
+from macula.host import PeerEvent, PeerUp
 from macula.node import Node
 
 ROOMS = ("kitchen", "garage", "attic")
@@ -141,13 +142,14 @@ async def run_demo(nodes: int, duration: float, realm: str = "demo") -> int:
 
         traffic = Traffic(started)
 
-        def show(event: str, session) -> None:
-            if session.peer.role == "node":
-                traffic.log(f"{session.peer.name} {'joined' if event == 'up' else 'left'} the seed")
+        def show(event: PeerEvent) -> None:
+            peer = event.session.peer
+            if peer.role == "node":
+                traffic.log(f"{peer.name} {'joined' if type(event) is PeerUp else 'left'} the seed")
 
         seed = make(0, ())
         await seed.start()
-        seed.peer_listeners.append(show)
+        seed.operations.watch_peers(show)
         seed_addr = f"127.0.0.1:{seed.listen_address[1]}"
         print(f"seed node-0 listening on {seed_addr}, realm {realm!r}; starting {nodes - 1} more")
         others = [make(i, (seed_addr,)) for i in range(1, nodes)]

@@ -47,7 +47,7 @@ from macula.membership import (
     MemberFailed, MemberJoined, MemberLeft, State, SwimCore,
 )
 from macula.membership.core import ACTIVE
-from macula.pubsub.router import RemotePattern
+from macula.interest import RemotePattern
 from macula.wire.messages import (
     GossipAck, GossipDigest, GossipPull, GossipPush, GossipState, SwimAck, SwimPing,
     SwimPingReq,

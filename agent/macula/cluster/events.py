@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from macula.pubsub.router import RemotePattern
+from macula.interest import RemotePattern
 
 
 @dataclass(frozen=True, slots=True)

@@ -34,17 +34,18 @@ from macula.cluster.core import GOSSIP_TYPES, SWIM_TYPES, ClusterCore
 from macula.cluster.events import ProvidersChanged, StateChanged, SubscriptionsChanged
 from macula.errors import ConfigError, ErrorCode, SessionRefused
 from macula.gossip import MIN_MESSAGE_BYTES
+from macula.host import PeerEvent, PeerUp
 from macula.membership import (
     MemberFailed, MemberJoined, MemberLeft, MemberRecovered, MemberSuspected,
 )
-from macula.pubsub.router import RemotePattern
+from macula.interest import RemotePattern
 from macula.runtime.backoff import Backoff
 from macula.transport.session import Session
 from macula.wire import encode
 
 if TYPE_CHECKING:
     from macula.config import Config
-    from macula.node import Node
+    from macula.host import Host
 
 log = logging.getLogger("macula.cluster")
 
@@ -84,6 +85,7 @@ class ClusterSettings:
     max_message_bytes: int = MAX_GOSSIP_MESSAGE
     dial_backoff_base: float = 0.5
     dial_backoff_cap: float = 30.0
+    hw_profile: str = ""         # told to the other members in this node's metadata
 
     @classmethod
     def from_config(cls, cfg: "Config") -> "ClusterSettings":
@@ -101,7 +103,7 @@ class ClusterSettings:
                    gossip_interval=lim.gossip_interval, gossip_fanout=lim.gossip_fanout,
                    gossip_peers=c.gossip_peers,
                    max_message_bytes=message, dial_backoff_base=cfg.timeouts.reconnect_base,
-                   dial_backoff_cap=cfg.timeouts.reconnect_cap)
+                   dial_backoff_cap=cfg.timeouts.reconnect_cap, hw_profile=cfg.hw_profile)
 
 
 def reachable_address(listen: tuple[str, int], seeds: list[tuple[str, int]]) -> tuple[str, int]:
@@ -120,21 +122,21 @@ def reachable_address(listen: tuple[str, int], seeds: list[tuple[str, int]]) -> 
 
 
 class ClusterService:
-    def __init__(self, node: "Node", settings: ClusterSettings,
+    def __init__(self, host: "Host", settings: ClusterSettings,
                  rng: random.Random | None = None) -> None:
-        assert node.pool is not None and node.endpoint is not None
-        self.node = node
+        """Complete when it returns: handlers registered, membership started, the
+        members among the sessions already up greeted."""
+        self.host = host
         self.settings = settings
         # no name: this node is a cluster of one, and no session is a member's
         self.cap = cluster_cap(settings.name) if settings.name else None
-        self._loop = node.endpoint.loop
+        self._loop = host.loop
         self._rng = rng or random.Random(os.urandom(16))
         s = settings
-        addr = reachable_address(node.pool.cfg.listen or node.listen_address,
-                                 node.cfg.seed_addresses())
+        addr = reachable_address(host.advertise, list(host.seeds))
         # a fresh replica per boot: peers must never take new writes for ones already seen
         self.core = ClusterCore(
-            node.node_id, addr, node.node_id + os.urandom(8), self._rng,
+            host.node_id, addr, host.node_id + os.urandom(8), self._rng,
             lambda now: int(time.time() * 1000), max_members=s.max_members,
             max_entries_per_node=s.max_entries_per_node, probe_interval=s.probe_interval,
             probe_timeout=s.probe_timeout, suspicion_mult=s.suspicion_mult,
@@ -155,23 +157,21 @@ class ClusterService:
         self._dial_slots = asyncio.Semaphore(s.max_dials)
         self._tasks: set[asyncio.Task] = set()
         self._stopped = False
+        # bytes_sent: frames are encoded to be sent anyway; received bytes are not
+        # counted (that would mean encoding every message again)
         self.stats = {"messages_sent": 0, "messages_received": 0, "bytes_sent": 0,
-                      "bytes_received": 0, "dials": 0, "dial_failures": 0, "send_dropped": 0,
+                      "dials": 0, "dial_failures": 0, "send_dropped": 0,
                       "waiting_dropped": 0, "foreign": 0, "callback_errors": 0}
-
-    # ---- lifecycle ----------------------------------------------------------------------
-    def attach(self) -> None:
-        node = self.node
         for cls in SWIM_TYPES | GOSSIP_TYPES:
             # from a non-member these are refused from the header, never decoded
-            node.on(cls, self._on_message, accept=self._is_member_peer)
-        node.peer_listeners.append(self._on_peer)
+            host.on(cls, self._on_message, accept=self._is_member_peer)
+        host.watch_peers(self._on_peer)
         now = self._loop.time()
         self._metadata = self._compose_metadata(self._extra)
         self.core.set_metadata(self._metadata, now)
         self.core.start(now)
-        for session in node.pool.peers():
-            self._on_peer("up", session)
+        for session in host.pool.peers():
+            self._on_peer(PeerUp(session))
         self._metadata_timer = self._loop.call_later(self.settings.metadata_interval,
                                                      self._refresh_metadata)
         self._flush()
@@ -251,7 +251,7 @@ class ClusterService:
         """This node first, then every member the table holds (failed and departed ones
         while their tombstones last)."""
         core = self.core
-        me = ClusterMember(self.node.node_id, self.node.name, core.swim.addr, "alive")
+        me = ClusterMember(self.host.node_id, self.host.name, core.swim.addr, "alive")
         others = []
         for node_id, state in core.member_states().items():
             meta = core.metadata(node_id) or {}
@@ -306,12 +306,12 @@ class ClusterService:
             self.stats["foreign"] += 1
             return
         self.stats["messages_received"] += 1
-        self.stats["bytes_received"] += len(encode(msg))
         self.core.handle_message(session.peer.node_id, msg, self._loop.time())
         self._flush()
 
-    def _on_peer(self, event: str, session: Session) -> None:
-        if event != "up" or self._stopped or not self._is_member_session(session):
+    def _on_peer(self, event: PeerEvent) -> None:
+        session = event.session
+        if type(event) is not PeerUp or self._stopped or not self._is_member_session(session):
             return
         node_id = session.peer.node_id
         self._backoff.pop(node_id, None)
@@ -332,7 +332,7 @@ class ClusterService:
 
     def _send(self, dest: bytes, msg: Any) -> None:
         frame = encode(msg)
-        session = self.node.pool.get(dest)
+        session = self.host.pool.get(dest)
         if session is not None:
             self._send_frames(session, (frame,))
             return
@@ -345,7 +345,7 @@ class ClusterService:
         now = self._loop.time()
         addr = self.core.address(dest)
         retry = self._backoff.get(dest)
-        pool = self.node.pool
+        pool = self.host.pool
         # a full pool would evict another peer to make room, and the cluster would
         # dial that one back: leave a member without a session to the others then
         if self._stopped or addr is None or addr[0] in _UNSPECIFIED or (retry and now < retry[0]) \
@@ -369,9 +369,9 @@ class ClusterService:
         reached = False
         try:
             async with self._dial_slots:
-                if self.node.pool.get(dest) is None:
+                if self.host.pool.get(dest) is None:
                     self.stats["dials"] += 1
-                    session = await self.node.pool.connect(*addr)
+                    session = await self.host.pool.connect(*addr)
                     reached = session.peer is not None and session.peer.node_id == dest
                 else:
                     reached = True
@@ -382,7 +382,7 @@ class ClusterService:
         if self._stopped:
             return
         if reached:   # the session's "up" sent what waited, unless it was already up
-            session = self.node.pool.get(dest)
+            session = self.host.pool.get(dest)
             if left and session is not None:
                 self._send_frames(session, left)
             return
@@ -442,7 +442,7 @@ class ClusterService:
             # it while we were cut off): what we send there is lost until QUIC's idle
             # timeout, and the pool may refuse the peer's new dial as a duplicate. One
             # that still hears from a member that others think failed stays open.
-            session = self.node.pool.get(event.node_id)
+            session = self.host.pool.get(event.node_id)
             if session is not None and \
                     self._loop.time() - session.last_received > 2 * self.settings.probe_interval:
                 session.close(ErrorCode.GOING_AWAY, "silent, and suspected or failed in the cluster")
@@ -468,7 +468,7 @@ class ClusterService:
             load = round(os.getloadavg()[0] / (os.cpu_count() or 1), 1)
         except OSError:
             load = None
-        return {**extra, "name": self.node.name, "hw": self.node.cfg.hw_profile,
+        return {**extra, "name": self.host.name, "hw": self.settings.hw_profile,
                 "version": __version__, "load": load}
 
     def _refresh_metadata(self) -> None:

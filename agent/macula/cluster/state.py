@@ -30,7 +30,7 @@ import msgpack
 from macula.crdt import HLC, LWWRegister, ORMap, ORSet
 from macula.crdt.wire import freeze_value
 from macula.errors import StateError
-from macula.pubsub.router import RemotePattern
+from macula.interest import RemotePattern
 
 NODES = "nodes"
 PROCEDURES = "procedures"

@@ -13,12 +13,13 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
 from macula.errors import ErrorCode, MaculaError
+from macula.operations import Command
 
 if TYPE_CHECKING:
-    from macula.node import Node
+    from macula.operations import Operations
 
 log = logging.getLogger("macula.control")
 
@@ -30,20 +31,18 @@ REQUEST_TIMEOUT = 30.0
 # idle clients must not hold the slots `macula status` needs
 IDLE_TIMEOUT = 5.0
 
-Command = Callable[[dict[str, Any]], Awaitable[Any]]
-
 
 class ControlServer:
-    def __init__(self, node: "Node", runtime_dir: Path) -> None:
-        self.node = node
+    def __init__(self, ops: "Operations", runtime_dir: Path) -> None:
+        self.ops = ops
         self.path = Path(runtime_dir) / SOCKET_NAME
         self._server: asyncio.base_events.Server | None = None
         self._conns: set[asyncio.StreamWriter] = set()
         self._idle: dict[asyncio.StreamWriter, None] = {}  # waiting for a request, oldest first
-        self.commands: dict[str, Command] = {"status": self._status}
+        self.commands: dict[str, Command] = {"status": self._status, **ops.commands}
 
     async def _status(self, _req: dict[str, Any]) -> Any:
-        return self.node.status()
+        return self.ops.status()
 
     async def start(self) -> None:
         self.path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)

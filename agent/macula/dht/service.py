@@ -23,13 +23,14 @@ from macula.dht.config import DhtConfig
 from macula.dht.node import DhtNode
 from macula.dht.registry import Discovered, Provider, ServiceRegistry
 from macula.errors import ErrorCode, MaculaError
+from macula.host import PeerEvent, PeerUp
 from macula.transport.session import Session
 from macula.wire.messages import (
     DhtPing, DhtPong, FindNode, FindNodeReply, FindValue, FindValueReply, Store, StoreReply,
 )
 
 if TYPE_CHECKING:
-    from macula.node import Node
+    from macula.host import Host
 
 log = logging.getLogger("macula.dht")
 
@@ -41,15 +42,14 @@ JOIN_WAIT = 10.0           # operations wait this long at most for the first boo
 
 
 class DhtService:
-    def __init__(self, node: "Node", config: DhtConfig, *, client_mode: bool = False,
+    def __init__(self, host: "Host", config: DhtConfig, *, client_mode: bool = False,
                  max_dials: int = 16, rng: random.Random | None = None) -> None:
-        self.node = node
-        self.loop = node.endpoint.loop
+        self.host = host
+        self.loop = host.loop
         self.client_mode = client_mode
-        self.core = DhtNode(node.node_id, config, rng=rng or random.Random(),
+        self.core = DhtNode(host.node_id, config, rng=rng or random.Random(),
                             now=self.loop.time(), client=client_mode)
-        listen = node.pool.cfg.listen or ("0.0.0.0", 0)
-        self.registry = ServiceRegistry(self.core, node.cfg.node.realm, listen)
+        self.registry = ServiceRegistry(self.core, host.realm, host.advertise)
         self._waiters: dict[int, asyncio.Future] = {}
         self._dials: dict[bytes, list] = {}  # node ID -> messages waiting for the session
         self._dial_slots = asyncio.Semaphore(max_dials)
@@ -60,12 +60,10 @@ class DhtService:
         # operations started before that wait for it, bounded by JOIN_WAIT
         self._joined = asyncio.Event()
         self.stats = {"dials": 0, "dial_failures": 0, "dropped": 0}
-
-    def attach(self) -> None:
         for msg_cls in DHT_MESSAGES:
-            self.node.on(msg_cls, self._on_message)
-        self.node.peer_listeners.append(self._on_peer)
-        if not self.node.cfg.network.seeds:
+            host.on(msg_cls, self._on_message)
+        host.watch_peers(self._on_peer)
+        if not host.seeds:
             self._joined.set()  # a node without seeds runs standalone; others join it
         self._pump()
 
@@ -80,10 +78,11 @@ class DhtService:
         self.core.handle_message(self._sender(session), msg, self.loop.time())
         self._pump()
 
-    def _on_peer(self, event: str, session: Session) -> None:
+    def _on_peer(self, event: PeerEvent) -> None:
+        session = event.session
         p = session.peer
         now = self.loop.time()
-        if event == "up":
+        if type(event) is PeerUp:
             if p.role != "node":
                 return
             self.core.peer_connected(p.node_id, p.listen, now, client=CLIENT_CAP in p.caps)
@@ -130,7 +129,7 @@ class DhtService:
 
     def _deliver(self, dest: Contact | bytes, msg: Any) -> None:
         node_id = dest if type(dest) is bytes else dest.node_id
-        session = self.node.pool.get(node_id)
+        session = self.host.pool.get(node_id)
         if session is not None:
             self._send_now(session, msg)
             return
@@ -155,7 +154,7 @@ class DhtService:
         async with self._dial_slots:
             self.stats["dials"] += 1
             try:
-                session = await self.node.pool.connect(contact.host, contact.port,
+                session = await self.host.pool.connect(contact.host, contact.port,
                                                        timeout=self.core.config.rpc_timeout)
                 if session.peer.node_id != contact.node_id:
                     raise MaculaError(f"{contact.host}:{contact.port} is another node now",
@@ -259,13 +258,13 @@ class DhtService:
 
     async def _cmd_table(self, _req: dict[str, Any]) -> Any:
         table = self.core.table
-        return {"node_id": self.node.node_id.hex(), "client_mode": self.client_mode,
+        return {"node_id": self.host.node_id.hex(), "client_mode": self.client_mode,
                 "contacts": len(table),
                 "buckets": [{"index": i, "contacts": len(b.contacts),
                              "replacements": len(b.replacements)}
                             for i, b in enumerate(table.buckets) if b.contacts or b.replacements],
                 "closest": [{"node_id": c.node_id.hex(), "address": f"{c.host}:{c.port}"}
-                            for c in table.closest(self.node.node_id, 8)],
+                            for c in table.closest(self.host.node_id, 8)],
                 "stats": self.status()}
 
 

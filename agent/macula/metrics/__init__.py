@@ -15,7 +15,7 @@ from macula.config import parse_address
 
 if TYPE_CHECKING:
     from macula.metrics.http import MetricsServer
-    from macula.node import Node
+    from macula.operations import Operations
 
 log = logging.getLogger("macula.metrics")
 
@@ -29,10 +29,10 @@ def rss_bytes() -> int:
         return int(fh.read().split()[1]) * _PAGE
 
 
-async def start_metrics(node: "Node") -> "MetricsServer | None":
-    """Serve ``node``'s metrics at ``[metrics] listen``; None when that is empty or the
-    endpoint cannot start (the mesh matters more than its metrics: the reason is logged)."""
-    listen = node.cfg.metrics.listen
+async def start_metrics(ops: "Operations", listen: str) -> "MetricsServer | None":
+    """Serve the node's metrics at ``listen`` ([metrics] listen); None when that is empty
+    or the endpoint cannot start (the mesh matters more than its metrics: the reason is
+    logged)."""
     if not listen:
         return None
     try:
@@ -42,7 +42,7 @@ async def start_metrics(node: "Node") -> "MetricsServer | None":
         log.warning("metrics endpoint off: %s (install python3-prometheus-client)", exc)
         return None
     host, port = parse_address(listen, DEFAULT_PORT)
-    collector = NodeCollector(node)
+    collector = NodeCollector(ops)
     server = MetricsServer(collector)
     try:
         await server.start(host, port)

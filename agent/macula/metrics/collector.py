@@ -1,4 +1,4 @@
-"""The node's metrics, read from the node at scrape time.
+"""The node's metrics, read from its operations table at scrape time.
 
 A custom collector rather than Counter/Gauge objects updated in the hot paths: the node
 already counts what matters (sessions, pool, endpoint, pub/sub, RPC), so a scrape costs
@@ -7,7 +7,6 @@ one walk over the sessions and nothing is paid between scrapes.
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from typing import TYPE_CHECKING, Any, Iterator
 
@@ -15,11 +14,12 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import CollectorRegistry
 
-from macula import __version__
+from macula.host import PeerDown
 from macula.metrics import rss_bytes
 
 if TYPE_CHECKING:
-    from macula.node import Node
+    from macula.host import PeerEvent
+    from macula.operations import Operations
     from macula.transport import Session
 
 MIB = 1 << 20
@@ -29,25 +29,24 @@ FRAME_KEYS = ("frames_in", "frames_out", "dropped_out")
 
 
 class NodeCollector:
-    def __init__(self, node: "Node") -> None:
-        self.node = node
+    def __init__(self, ops: "Operations") -> None:
+        self.ops = ops
         # Frame counts of sessions that have closed: Prometheus counters must not fall back
         # when a session goes away.
         self._retired = dict.fromkeys(FRAME_KEYS, 0)
         self._reported = dict.fromkeys(FRAME_KEYS, 0)
-        node.peer_listeners.append(self._session_event)
+        ops.watch_peers(self._session_event)
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)
         ProcessCollector(registry=self.registry)
 
     def detach(self) -> None:
-        if self._session_event in self.node.peer_listeners:
-            self.node.peer_listeners.remove(self._session_event)
+        self.ops.unwatch_peers(self._session_event)
 
-    def _session_event(self, event: str, session: "Session") -> None:
-        if event == "down":
+    def _session_event(self, event: "PeerEvent") -> None:
+        if type(event) is PeerDown:
             for key in FRAME_KEYS:
-                self._retired[key] += getattr(session, key)
+                self._retired[key] += getattr(event.session, key)
 
     def _frame_totals(self, sessions: list["Session"]) -> dict[str, int]:
         # A session replaced as a duplicate closes without a "down" event; its frames then
@@ -58,27 +57,25 @@ class NodeCollector:
         return dict(self._reported)
 
     def collect(self) -> Iterator[Metric]:
-        node, pool = self.node, self.node.pool
-        if pool is None:   # not started yet: only the process metrics
-            return
-        cfg = node.cfg
+        facts = self.ops.facts
         info = GaugeMetricFamily("macula_node_info", "This node (value is always 1).",
                                  labels=["node_id", "name", "realm", "version", "tls_mode",
                                          "hw_profile"])
-        info.add_metric([node.node_id.hex(), node.name, cfg.node.realm, __version__,
-                         cfg.tls.mode, cfg.hw_profile], 1)
+        info.add_metric([facts.node_id.hex(), facts.name, facts.realm, facts.version,
+                         facts.tls_mode, facts.hw_profile], 1)
         yield info
         yield GaugeMetricFamily("macula_uptime_seconds", "Seconds since the node started.",
-                                value=time.monotonic() - node.started_at)
+                                value=time.monotonic() - facts.started_at)
 
-        peers, clients = pool.peers(), pool.clients()
-        sessions = peers + clients
-        yield GaugeMetricFamily("macula_peers", "Node-to-node sessions.", value=len(peers))
-        yield GaugeMetricFamily("macula_clients", "Light-client sessions.", value=len(clients))
+        sessions = self.ops.sessions()
         roles: dict[str, int] = {"node": 0, "client": 0}
         for s in sessions:
             if s.peer is not None:
                 roles[s.peer.role] = roles.get(s.peer.role, 0) + 1
+        clients = roles["client"]
+        yield GaugeMetricFamily("macula_peers", "Node-to-node sessions.",
+                                value=len(sessions) - clients)
+        yield GaugeMetricFamily("macula_clients", "Light-client sessions.", value=clients)
         by_role = GaugeMetricFamily("macula_sessions", "Sessions by the role the peer declared.",
                                     labels=["role"])
         for role, count in sorted(roles.items()):
@@ -100,24 +97,20 @@ class NodeCollector:
         yield CounterMetricFamily("macula_frames_dropped",
                                   "Frames dropped because a session's send buffer was full.",
                                   value=frames["dropped_out"])
-        if node.endpoint is not None:
-            yield from _counters("macula_endpoint", "QUIC endpoint", node.endpoint.stats)
-        yield from _counters("macula_pool", "peer pool",
-                             {k: v for k, v in dataclasses.asdict(pool.stats).items()
-                              if isinstance(v, int)})
-        if node.pubsub is not None:
-            yield from _status_metrics("macula_pubsub", "pub/sub", node.pubsub.status())
-        if node.rpc is not None:
-            yield from _status_metrics("macula_rpc", "RPC", node.rpc.status())
+        counters = self.ops.counters()
+        yield from _counters("macula_endpoint", "QUIC endpoint", counters["endpoint"])
+        yield from _counters("macula_pool", "peer pool", counters["pool"])
+        yield from _status_metrics("macula_pubsub", "pub/sub", counters["pubsub"])
+        yield from _status_metrics("macula_rpc", "RPC", counters["rpc"])
 
         yield GaugeMetricFamily("macula_memory_rss_bytes", "Resident memory of the agent.",
                                 value=rss_bytes())
         yield GaugeMetricFamily("macula_memory_budget_bytes",
                                 "The agent's memory budget (limits.agent_memory_mib).",
-                                value=cfg.limits.agent_memory_mib * MIB)
+                                value=facts.limits["agent_memory_mib"] * MIB)
         limits = GaugeMetricFamily("macula_limit", "Limits in force ([limits], from the "
                                    "hardware profile unless configured).", labels=["limit"])
-        for key, value in dataclasses.asdict(cfg.limits).items():
+        for key, value in facts.limits.items():
             limits.add_metric([key], value)
         yield limits
 

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable
 import msgpack
 
 from macula.dht.ids import make_key
-from macula.pubsub.router import RemotePattern
+from macula.interest import RemotePattern
 from macula.pubsub.topics import literal_prefix, validate_pattern
 from macula.runtime.clock import MonotonicClock
 from macula.runtime.ttlcache import TTLCache
@@ -49,8 +49,11 @@ from macula.wire.messages import DHT_VALUE_MAX, NAME_PATTERN
 if TYPE_CHECKING:
     from macula.cluster.service import ClusterService
     from macula.dht.service import DhtService
-    from macula.pubsub.service import PubSubService
+    from macula.host import Host
+    from macula.pubsub.router import PubSubRouter
     from macula.transport.session import Session
+
+View = dict[bytes, tuple[RemotePattern, ...]]
 
 log = logging.getLogger("macula.pubsub")
 
@@ -60,13 +63,16 @@ DEBOUNCE = 0.05  # subscription bursts (a client subscribing to 50 patterns) -> 
 
 
 class DhtInterest:
-    def __init__(self, pubsub: "PubSubService", dht: "DhtService", *, cache_ttl: float = 3.0,
+    def __init__(self, host: "Host", router: "PubSubRouter", dht: "DhtService", *,
+                 on_view: Callable[[View], None] | None = None, cache_ttl: float = 3.0,
                  record_ttl: int = 120, cache_entries: int = 4096) -> None:
-        self.pubsub = pubsub
+        """``on_view``: given what the DHT taught after every change, instead of writing
+        it into the router (ClusterInterest merges it with the cluster's view)."""
+        self.host = host
+        self.router = router
         self.dht = dht
-        self.node = pubsub.node
-        self.loop = dht.loop
-        self.realm = self.node.cfg.node.realm
+        self.loop = host.loop
+        self.realm = host.realm
         self.cache_ttl = cache_ttl
         self.record_ttl = record_ttl
         clock = MonotonicClock()  # the loop's clock: time.monotonic
@@ -80,8 +86,8 @@ class DhtInterest:
         self._advertised: dict[str, bytes] = {}     # our prefix -> value stored
         self._advertise_handle: asyncio.TimerHandle | None = None
         # what the DHT taught: node ID -> patterns; given to on_view instead of the router
-        self.view: dict[bytes, tuple[RemotePattern, ...]] = {}
-        self.on_view: Callable[[dict[bytes, tuple[RemotePattern, ...]]], None] | None = None
+        self.view: View = {}
+        self.on_view = on_view
         self.stats = {"lookups": 0, "bad_records": 0, "stores": 0, "withdrawals": 0}
 
     # -- InterestSource ---------------------------------------------------------------
@@ -121,7 +127,7 @@ class DhtInterest:
     async def _fetch(self, prefix: str) -> None:
         self.stats["lookups"] += 1
         found = await self.dht.find_value(self._key(prefix))
-        own = self.node.node_id
+        own = self.host.node_id
         nodes: dict[bytes, tuple[RemotePattern, ...]] = {}
         for record in found.records:
             if record.publisher == own:
@@ -160,7 +166,7 @@ class DhtInterest:
         if self.on_view is not None:
             self.on_view(self.view)
             return
-        router = self.pubsub.router   # the only source: the router holds exactly this
+        router = self.router   # the only source: the router holds exactly this
         for node_id in old:
             if node_id not in self.view:
                 router.forget_remote(node_id)
@@ -175,7 +181,7 @@ class DhtInterest:
         contact = self._contacts.get(node_id)
         if contact is None:
             return None
-        return await self.node.pool.connect(*contact)
+        return await self.host.pool.connect(*contact)
 
     # -- our own subscriptions ----------------------------------------------------------
     def local_changed(self) -> None:
@@ -188,10 +194,10 @@ class DhtInterest:
 
     async def _advertise(self) -> None:
         by_prefix: dict[str, list] = {}
-        for rp in self.pubsub.router.local_patterns():
+        for rp in self.router.local_patterns():
             prefix = literal_prefix(validate_pattern(rp.pattern))
             by_prefix.setdefault(prefix, []).append([rp.pattern, rp.group, rp.members])
-        listen = self.node.pool.cfg.listen
+        listen = self.host.advertise
         ops = []
         for prefix, patterns in by_prefix.items():
             value = msgpack.packb([listen[0], listen[1], patterns], use_bin_type=True)
@@ -224,15 +230,16 @@ class ClusterInterest:
     """InterestSource: the cluster state for the members of this node's cluster, the
     DHT (a DhtInterest it drives) for everyone else; see the module docstring."""
 
-    def __init__(self, pubsub: "PubSubService", dht: DhtInterest, cluster: "ClusterService") -> None:
-        self.pubsub = pubsub
-        self.dht = dht
+    def __init__(self, host: "Host", router: "PubSubRouter", cluster: "ClusterService",
+                 dht: Callable[[Callable[[View], None]], DhtInterest]) -> None:
+        """``dht(on_view)`` makes the DhtInterest this one drives, reporting to ``on_view``."""
+        self.host = host
+        self.router = router
         self.cluster = cluster
-        self.node = pubsub.node
-        self.stats = dht.stats          # lookups, stores, ...: the DHT's work
-        self._cluster_view: dict[bytes, tuple[RemotePattern, ...]] = dict(cluster.remote_subscriptions())
+        self.dht = dht(self._on_dht_view)
+        self.stats = self.dht.stats     # lookups, stores, ...: the DHT's work
+        self._cluster_view: View = dict(cluster.remote_subscriptions())
         self._push_handle: asyncio.Handle | None = None
-        dht.on_view = self._on_dht_view
         cluster.on_subscriptions_changed(self._on_cluster_changes)
         cluster.on_state_changed(self._on_cluster_state)
         self._apply(self._cluster_view)
@@ -256,12 +263,12 @@ class ClusterInterest:
         addr = self.cluster.member_address(node_id) or self.dht.contact(node_id)
         if addr is None:
             return None
-        return await self.node.pool.connect(*addr)
+        return await self.host.pool.connect(*addr)
 
     # -- the two sources ----------------------------------------------------------------
     def _push(self) -> None:
         self._push_handle = None
-        self.cluster.set_local_subscriptions(self.pubsub.router.local_patterns())
+        self.cluster.set_local_subscriptions(self.router.local_patterns())
 
     def _on_cluster_changes(self, changes: dict[bytes, tuple[RemotePattern, ...]]) -> None:
         for node_id, patterns in changes.items():
@@ -277,11 +284,11 @@ class ClusterInterest:
 
     def _on_dht_view(self, view: dict[bytes, tuple[RemotePattern, ...]]) -> None:
         # the nodes it names now, and those it named before (still in the router)
-        self._apply(view.keys() | set(self.pubsub.router.remote_nodes()))
+        self._apply(view.keys() | set(self.router.remote_nodes()))
 
     def _apply(self, nodes: Iterable[bytes]) -> None:
         """Write the merged interest of ``nodes`` into the router."""
-        router = self.pubsub.router
+        router = self.router
         synced = self.cluster.synced()
         dht = self.dht.view
         for node_id in nodes:

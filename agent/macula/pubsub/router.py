@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Collection, Iterable, NamedTuple
 
 from macula.errors import Overloaded
+from macula.interest import RemotePattern
 from macula.pubsub.topics import TopicError, matches, validate_pattern, validate_topic
 from macula.pubsub.trie import SubscriptionTrie
 
@@ -28,13 +29,6 @@ class LocalSub:
     owner: bytes            # node ID of the client session that holds it
     sub_id: int
     group: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class RemotePattern:
-    pattern: str
-    group: str | None
-    members: int            # how many local members the remote node has for it
 
 
 class Plan(NamedTuple):
@@ -61,7 +55,6 @@ class PubSubRouter:
         # remote interest: node ID -> its patterns (replaced wholesale on each update)
         self._remote: dict[bytes, tuple[RemotePattern, ...]] = {}
         self._remote_tokens: dict[bytes, list[tuple[list[str], RemotePattern]]] = {}
-        self.generation = 0  # bumps whenever local subscriptions change (re-advertise)
         self._plans: dict[tuple[str, bool], Plan] = {}
         self._cache_entries = cache_entries
 
@@ -78,7 +71,6 @@ class PubSubRouter:
         sub = LocalSub(owner, sub_id, group)
         self._trie.add(pattern, sub)
         owned[sub_id] = sub
-        self.generation += 1
         self._plans.clear()
         return sub
 
@@ -90,7 +82,6 @@ class PubSubRouter:
         self._trie.remove(sub)
         if not owned:
             del self._by_owner[owner]
-        self.generation += 1
         self._plans.clear()
         return True
 
@@ -99,7 +90,6 @@ class PubSubRouter:
         for sub in owned.values():
             self._trie.remove(sub)
         if owned:
-            self.generation += 1
             self._plans.clear()
         return len(owned)
 

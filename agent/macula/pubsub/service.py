@@ -27,6 +27,7 @@ from collections import Counter, deque
 from typing import TYPE_CHECKING, Any, Collection, Protocol
 
 from macula.errors import ErrorCode, MaculaError
+from macula.host import PeerDown, PeerEvent
 from macula.pubsub.router import PubSubRouter, Route
 from macula.pubsub.topics import TopicError
 from macula.transport.outbox import ByteBudget, FlowGate, Outbox
@@ -37,7 +38,7 @@ from macula.wire.messages import (
 )
 
 if TYPE_CHECKING:
-    from macula.node import Node
+    from macula.host import Host
 
 log = logging.getLogger("macula.pubsub")
 
@@ -74,17 +75,19 @@ _NONE: frozenset = frozenset()
 
 
 class PubSubService:
-    def __init__(self, node: "Node", *, subscriber_queue_bytes: int, total_queue_bytes: int,
-                 max_subscriptions: int, max_per_client: int,
+    def __init__(self, host: "Host", router: PubSubRouter, interest: InterestSource, *,
+                 subscriber_queue_bytes: int, total_queue_bytes: int,
                  publish_hold: float = 1.0) -> None:
-        self.node = node
-        self.router = PubSubRouter(max_subscriptions=max_subscriptions,
-                                   max_per_owner=max_per_client)
+        """``router`` holds the subscriptions (``interest`` reads the local ones from it
+        and writes the remote ones into it)."""
+        self.host = host
+        self.loop = host.loop
+        self.router = router
         self.subscriber_queue_bytes = subscriber_queue_bytes
         self.budget = ByteBudget(total_queue_bytes)
         # back-pressure: congested outboxes hold back the sessions that fed them
         self.gate = FlowGate(PubsubFlow, publish_hold)
-        self.interest: InterestSource | None = None
+        self.interest = interest
         self._outboxes: dict[bytes, Outbox] = {}
         self._waiting: dict[str, _Waiting] = {}   # topic -> publishes waiting for interest
         self._dialing: dict[bytes, deque] = {}  # node -> frames waiting for its session
@@ -94,15 +97,12 @@ class PubSubService:
         # PUBSUB_ROUTE frames per peer node: what proves there is no amplification
         self.routed_to: Counter[bytes] = Counter()
         self.routed_from: Counter[bytes] = Counter()
-
-    def attach(self) -> None:
-        node = self.node
-        node.on(Publish, self._on_publish)
-        node.on(Subscribe, self._on_subscribe)
-        node.on(Unsubscribe, self._on_unsubscribe)
-        node.on(PubsubRoute, self._on_route)
-        node.on(PubsubFlow, self._on_flow)
-        node.peer_listeners.append(self._on_peer)
+        host.on(Publish, self._on_publish)
+        host.on(Subscribe, self._on_subscribe)
+        host.on(Unsubscribe, self._on_unsubscribe)
+        host.on(PubsubRoute, self._on_route)
+        host.on(PubsubFlow, self._on_flow)
+        host.watch_peers(self._on_peer)
 
     # -- from clients ----------------------------------------------------------------
     def _on_subscribe(self, session: Session, msg: Subscribe) -> None:
@@ -115,11 +115,10 @@ class PubSubService:
         except MaculaError as exc:
             session.send(Error(int(exc.code), exc.message, msg.TYPE, msg.sub_id))
             return
-        if self.interest is not None:
-            self.interest.local_changed()
+        self.interest.local_changed()
 
     def _on_unsubscribe(self, session: Session, msg: Unsubscribe) -> None:
-        if self.router.unsubscribe(session.peer.node_id, msg.sub_id) and self.interest:
+        if self.router.unsubscribe(session.peer.node_id, msg.sub_id):
             self.interest.local_changed()
 
     def _on_publish(self, session: Session, msg: Publish) -> None:
@@ -140,9 +139,10 @@ class PubSubService:
         else:
             outbox.resume()
 
-    def _on_peer(self, event: str, session: Session) -> None:
-        if event != "down":
+    def _on_peer(self, event: PeerEvent) -> None:
+        if type(event) is not PeerDown:
             return
+        session = event.session
         peer = session.peer
         self.gate.forget(session)
         outbox = self._outboxes.get(peer.node_id)
@@ -150,7 +150,7 @@ class PubSubService:
             del self._outboxes[peer.node_id]
             outbox.close()
             self.stats["dropped"] += outbox.dropped
-        if peer.role == "client" and self.router.drop_owner(peer.node_id) and self.interest:
+        if peer.role == "client" and self.router.drop_owner(peer.node_id):
             self.interest.local_changed()
 
     # -- publishing ------------------------------------------------------------------
@@ -239,7 +239,7 @@ class PubSubService:
         for sub in subs:
             outbox = outboxes.get(sub.owner)
             if outbox is None:
-                session = self.node.pool.get(sub.owner)
+                session = self.host.pool.get(sub.owner)
                 if session is None:
                     continue
                 outbox = outboxes[sub.owner] = self._new_outbox(session)
@@ -255,7 +255,7 @@ class PubSubService:
         A node without a session gets its frames queued (bounded) while it is dialled."""
         if not route.remote:
             return
-        origin = self.node.node_id
+        origin = self.host.node_id
         for node_id, (plain, groups) in route.remote.items():
             frame = encode(PubsubRoute(origin, topic, payload, plain, groups, reply_to, headers))
             outbox = self._outbox_for_node(node_id)
@@ -268,7 +268,7 @@ class PubSubService:
 
     def _queue_for_dial(self, node_id: bytes, frame: bytes) -> None:
         until = self._unreachable.get(node_id)
-        if until is not None and until > self.node.endpoint.loop.time():
+        if until is not None and until > self.loop.time():
             self.stats["dropped"] += 1  # recently failed: do not queue behind a dead node
             return
         queue = self._dialing.get(node_id)
@@ -289,7 +289,7 @@ class PubSubService:
         if session is not None and (session.peer is None or session.peer.node_id != node_id):
             session = None  # the address now belongs to another node
         if session is None:
-            now = self.node.endpoint.loop.time()
+            now = self.loop.time()
             if len(self._unreachable) >= 1024:  # bounded: forget backoffs that are over
                 self._unreachable = {n: t for n, t in self._unreachable.items() if t > now}
             self._unreachable[node_id] = now + UNREACHABLE_BACKOFF
@@ -307,7 +307,7 @@ class PubSubService:
         outbox = self._outboxes.get(node_id)
         if outbox is not None and outbox.session.state is State.ESTABLISHED:
             return outbox
-        session = self.node.pool.get(node_id)
+        session = self.host.pool.get(node_id)
         if session is None:
             return None
         outbox = self._outboxes[node_id] = self._new_outbox(session)

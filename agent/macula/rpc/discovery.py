@@ -24,7 +24,8 @@ from macula.runtime.ttlcache import TTLCache
 if TYPE_CHECKING:
     from macula.cluster.service import ClusterService
     from macula.dht.service import DhtService
-    from macula.rpc.service import RpcService
+    from macula.host import Host
+    from macula.rpc.local import LocalProcedures
     from macula.transport.session import Session
 
 log = logging.getLogger("macula.rpc")
@@ -34,11 +35,10 @@ UNREACHABLE_BACKOFF = 10.0  # a provider node that failed a dial is skipped this
 
 
 class DhtProviders:
-    def __init__(self, rpc: "RpcService", dht: "DhtService", *, cache_ttl: float = 5.0,
+    def __init__(self, host: "Host", dht: "DhtService", *, cache_ttl: float = 5.0,
                  empty_ttl: float = 0.5, advertise_ttl: int = 120, cache_entries: int = 4096) -> None:
-        self.rpc = rpc
+        self.host = host
         self.dht = dht
-        self.node = rpc.node
         self.empty_ttl = empty_ttl
         self.advertise_ttl = advertise_ttl
         clock = MonotonicClock()
@@ -62,7 +62,7 @@ class DhtProviders:
     async def discover(self, procedure: str) -> list[bytes]:
         self.stats["discoveries"] += 1
         providers = await self.dht.discover(SERVICE_PREFIX + procedure)
-        own = self.node.node_id
+        own = self.host.node_id
         found = []
         for p in providers:
             if p.node_id != own:
@@ -72,7 +72,7 @@ class DhtProviders:
         return [n for n in found if n not in self._unreachable]
 
     def local_changed(self, procedure: str, served: bool) -> None:
-        self.node.endpoint.loop.create_task(self._publish(procedure, served))
+        self.host.loop.create_task(self._publish(procedure, served))
 
     async def _publish(self, procedure: str, served: bool) -> None:
         try:
@@ -91,7 +91,7 @@ class DhtProviders:
         if contact is None:
             return None
         try:
-            return await self.node.pool.connect(*contact, timeout=timeout)
+            return await self.host.pool.connect(*contact, timeout=timeout)
         except Exception:
             self.forget(node_id)
             raise
@@ -101,11 +101,12 @@ class ClusterProviders:
     """ProviderSource: cluster members that serve a procedure first (the cluster
     state, no lookup), else what the DHT (a DhtProviders it drives) finds."""
 
-    def __init__(self, rpc: "RpcService", dht: DhtProviders, cluster: "ClusterService") -> None:
-        self.rpc = rpc
+    def __init__(self, host: "Host", local: "LocalProcedures", dht: DhtProviders,
+                 cluster: "ClusterService") -> None:
+        self.host = host
+        self.local = local
         self.dht = dht
         self.cluster = cluster
-        self.node = rpc.node
         self.stats = dht.stats   # discoveries, advertised, withdrawn: the DHT's work
         # a member whose dial failed is skipped for a while (the cluster may not know yet)
         self._unreachable: TTLCache[bytes, bool] = TTLCache(cluster.settings.max_members,
@@ -127,14 +128,14 @@ class ClusterProviders:
 
     def local_changed(self, procedure: str, served: bool) -> None:
         self.dht.local_changed(procedure, served)
-        self.cluster.set_local_procedures(set(self.rpc.local_procedures()))
+        self.cluster.set_local_procedures(set(self.local.procedures()))
 
     async def connect(self, node_id: bytes, timeout: float) -> "Session | None":
         addr = self.cluster.member_address(node_id)
         if addr is None:
             return await self.dht.connect(node_id, timeout)
         try:
-            return await self.node.pool.connect(*addr, timeout=timeout)
+            return await self.host.pool.connect(*addr, timeout=timeout)
         except Exception:
             self._unreachable.set(node_id, True)
             raise

@@ -21,12 +21,14 @@ import random
 from typing import TYPE_CHECKING, Any, Protocol
 
 from macula.errors import ErrorCode
+from macula.host import PeerDown, PeerEvent
 from macula.rpc.calls import CallsFull, CallTable, PendingCall, choose_provider
+from macula.rpc.local import LocalProcedures
 from macula.transport.session import Session, State
 from macula.wire.messages import Call, Register, Reply, Unregister
 
 if TYPE_CHECKING:
-    from macula.node import Node
+    from macula.host import Host
 
 log = logging.getLogger("macula.rpc")
 
@@ -43,68 +45,50 @@ class ProviderSource(Protocol):
 
 
 class RpcService:
-    def __init__(self, node: "Node", *, max_pending: int, max_procedures_per_client: int = 256,
-                 rng: random.Random | None = None) -> None:
-        self.node = node
+    def __init__(self, host: "Host", local: LocalProcedures, providers: ProviderSource | None,
+                 *, max_pending: int, rng: random.Random | None = None) -> None:
+        """``local`` holds what this node's clients registered (``providers`` advertises
+        it); ``providers`` None: local providers only (no cluster, no DHT)."""
+        self.host = host
+        self.loop = host.loop
         self.table = CallTable(max_pending)
-        self.max_procedures_per_client = max_procedures_per_client
-        self.providers: ProviderSource | None = None
+        self.local = local
+        self.providers = providers
         self._rng = rng or random.Random()
-        self._local: dict[str, list[bytes]] = {}          # procedure -> client node IDs
-        self._by_client: dict[bytes, set[str]] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
         self.stats = {"calls": 0, "no_responders": 0, "timeouts": 0, "overloaded": 0,
                       "retries": 0, "remote": 0}
-
-    def attach(self) -> None:
-        self.node.on(Call, self._on_call)
-        self.node.on(Reply, self._on_reply)
-        self.node.on(Register, self._on_register)
-        self.node.on(Unregister, self._on_unregister)
-        self.node.peer_listeners.append(self._on_peer)
+        host.on(Call, self._on_call)
+        host.on(Reply, self._on_reply)
+        host.on(Register, self._on_register)
+        host.on(Unregister, self._on_unregister)
+        host.watch_peers(self._on_peer)
 
     # -- registrations ---------------------------------------------------------------
     def _on_register(self, session: Session, msg: Register) -> None:
-        client = session.peer.node_id
-        procs = self._by_client.setdefault(client, set())
-        if msg.procedure in procs:
+        client, local = session.peer.node_id, self.local
+        if local.has(client, msg.procedure):
             return
-        if session.peer.role != "client" or len(procs) >= self.max_procedures_per_client:
+        if session.peer.role != "client" or not local.register(client, msg.procedure):
             self._send(session, Reply(0, False, b"", int(ErrorCode.CALL_OVERLOADED),
                                       f"cannot register {msg.procedure!r} here"))
             return
-        procs.add(msg.procedure)
-        providers = self._local.setdefault(msg.procedure, [])
-        providers.append(client)
-        if len(providers) == 1 and self.providers is not None:
+        if len(local.providers(msg.procedure)) == 1 and self.providers is not None:
             self.providers.local_changed(msg.procedure, True)
 
     def _on_unregister(self, session: Session, msg: Unregister) -> None:
-        self._drop_registration(session.peer.node_id, msg.procedure)
-
-    def _drop_registration(self, client: bytes, procedure: str) -> None:
-        procs = self._by_client.get(client)
-        if not procs or procedure not in procs:
-            return
-        procs.discard(procedure)
-        if not procs:
-            del self._by_client[client]
-        providers = self._local.get(procedure, [])
-        if client in providers:
-            providers.remove(client)
-        if not providers:
-            self._local.pop(procedure, None)
-            if self.providers is not None:
-                self.providers.local_changed(procedure, False)
+        if self.local.unregister(session.peer.node_id, msg.procedure) \
+                and self.providers is not None:
+            self.providers.local_changed(msg.procedure, False)
 
     def local_procedures(self) -> list[str]:
-        return sorted(self._local)
+        return self.local.procedures()
 
     # -- calls -----------------------------------------------------------------------
     def _on_call(self, session: Session, msg: Call) -> None:
         self.stats["calls"] += 1
-        loop = self.node.endpoint.loop
+        loop = self.loop
         deadline = loop.time() + msg.timeout_ms / 1000.0
         try:
             call = self.table.add(session, msg.call_id, msg.procedure, msg.args, deadline,
@@ -117,7 +101,7 @@ class RpcService:
         from_node = session.peer.role == "node"
         remote = None if from_node or self.providers is None else self.providers.cached(msg.procedure)
         if remote is None and not from_node and self.providers is not None \
-                and not self._local.get(msg.procedure):
+                and not self.local.providers(msg.procedure):
             loop.create_task(self._discover_then_dispatch(call))
             return
         self._dispatch(call, remote or [])
@@ -133,14 +117,14 @@ class RpcService:
         self._dispatch(call, remote)
 
     def _candidates(self, call: PendingCall, remote: list[bytes]) -> list[bytes]:
-        local = self._local.get(call.procedure, ())
+        local = self.local.providers(call.procedure)
         if not remote and not call.tried:  # the hot path: local clients, first attempt
             return list(local)
-        own = self.node.node_id
+        own = self.host.node_id
         return [p for p in (*local, *remote) if p not in call.tried and p != own]
 
     def _dispatch(self, call: PendingCall, remote: list[bytes]) -> None:
-        pool = self.node.pool
+        pool = self.host.pool
         while True:
             candidates = self._candidates(call, remote)
             if not candidates:
@@ -157,8 +141,7 @@ class RpcService:
             session = pool.get(provider)
             if session is None:
                 if provider in remote and self.providers is not None:
-                    self.node.endpoint.loop.create_task(self._connect_then_send(call, provider,
-                                                                                 remote))
+                    self.loop.create_task(self._connect_then_send(call, provider, remote))
                     return
                 continue  # a local client that just left: try another
             self._forward(call, session)
@@ -168,7 +151,7 @@ class RpcService:
                                  remote: list[bytes]) -> None:
         session = None
         # leave time to try another provider if this one cannot be reached
-        budget = max(0.05, (call.deadline - self.node.endpoint.loop.time()) / 2)
+        budget = max(0.05, (call.deadline - self.loop.time()) / 2)
         try:
             session = await self.providers.connect(provider, budget)
         except Exception as exc:
@@ -183,7 +166,7 @@ class RpcService:
             self._forward(call, session)
 
     def _forward(self, call: PendingCall, session: Session) -> None:
-        remaining = int(max(1.0, (call.deadline - self.node.endpoint.loop.time()) * 1000))
+        remaining = int(max(1.0, (call.deadline - self.loop.time()) * 1000))
         if session.peer.role == "node":
             self.stats["remote"] += 1
         if not session.send_reliable(Call(call.call_id, call.procedure, call.args, remaining,
@@ -206,14 +189,18 @@ class RpcService:
         self._send(call.caller, Reply(call.caller_call_id, msg.ok, msg.result, msg.error_code,
                                       msg.error))
 
-    def _on_peer(self, event: str, session: Session) -> None:
-        if event != "down":
+    def _on_peer(self, event: PeerEvent) -> None:
+        if type(event) is not PeerDown:
             return
+        session = event.session
         gone = session.peer.node_id
-        if self.providers is not None and session.peer.role == "node":
-            self.providers.forget(gone)
-        for procedure in list(self._by_client.get(gone, ())):
-            self._drop_registration(gone, procedure)
+        if self.providers is not None:
+            if session.peer.role == "node":
+                self.providers.forget(gone)
+            for procedure in self.local.drop_client(gone):
+                self.providers.local_changed(procedure, False)
+        else:
+            self.local.drop_client(gone)
         for call in self.table.calls_to(gone):
             if call.idempotent:
                 self.stats["retries"] += 1
@@ -230,11 +217,11 @@ class RpcService:
             if self._timer is not None:
                 self._timer.cancel()
             self._timer_at = deadline
-            self._timer = self.node.endpoint.loop.call_at(deadline, self._on_timer)
+            self._timer = self.loop.call_at(deadline, self._on_timer)
 
     def _on_timer(self) -> None:
         self._timer = None
-        for call in self.table.expire(self.node.endpoint.loop.time()):
+        for call in self.table.expire(self.loop.time()):
             self.stats["timeouts"] += 1
             self._fail(call, ErrorCode.CALL_TIMEOUT, f"{call.procedure}: no reply in time")
         nxt = self.table.next_deadline()
