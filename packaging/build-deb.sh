@@ -3,7 +3,7 @@
 #
 #   packaging/build-deb.sh amd64|arm64|armhf [OUTDIR]     (default OUTDIR: packaging/out)
 #
-# The agent's modules and qh3 (not in Debian) go to /usr/lib/macula-agent; msgpack, psutil,
+# The agent's modules and qh3 (not in Debian) go to /usr/lib/macula-agent; msgpack,
 # cryptography and systemd-python come from Debian. The qh3 abi3 wheel for the target is
 # downloaded once into packaging/cache/wheels and checked against packaging/qh3.sha256.
 set -eu

@@ -360,7 +360,10 @@ class Node:
             peers.append({"name": p.name, "node_id": p.node_id.hex(), "role": p.role,
                           "address": f"{p.address[0]}:{p.address[1]}",
                           "direction": "out" if s.dialer else "in",
-                          "rtt_ms": None if s.rtt is None else round(s.rtt * 1000, 3)})
+                          "rtt_ms": None if s.rtt is None else round(s.rtt * 1000, 3),
+                          # how a node we dialled sees us: behind NAT, the public address
+                          "sees_us_at": (f"{s.observed_address[0]}:{s.observed_address[1]}"
+                                         if s.observed_address else None)})
         addresses = {p["address"] for p in peers if p["role"] == "node"}
         limits = dataclasses.asdict(self.cfg.limits)
         rss = rss_bytes()

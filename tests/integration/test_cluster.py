@@ -118,8 +118,8 @@ async def test_a_change_on_one_of_three_nodes_is_seen_on_all(tmp_path):
         # every node's metadata arrives with the join (membership news travels apart)
         await until(lambda: all((x.cluster.metadata(y.node_id) or {}).get("name") == y.name
                                 for x in nodes for y in nodes), 5, "metadata everywhere")
-        took = await watch.spread(nodes, lambda: a.cluster.update_metadata({"role": "gateway"}),
-                                  lambda n: n.cluster.metadata(a.node_id).get("role") == "gateway")
+        took = await watch.spread(nodes, lambda: a.cluster.update_metadata({"role": "sensor"}),
+                                  lambda n: n.cluster.metadata(a.node_id).get("role") == "sensor")
         print(f"\n3 nodes: metadata seen on all in {took * 1000:.1f} ms")
         others = [a, c]
         took = await watch.spread(others, lambda: b.cluster.set_local_procedures({"svc.echo", "svc.time"}),

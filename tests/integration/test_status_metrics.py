@@ -95,6 +95,10 @@ async def test_status_through_control_socket(operated, tmp_path):
     assert st["limits"] == dataclasses.asdict(a.cfg.limits)
     assert st["metrics"] == f"http://127.0.0.1:{port}/metrics"
     assert st["pubsub"]["published"] == 5 and st["pubsub"]["delivered"] == 5
+    # beta dialled alpha: beta's status says where alpha saw it come from
+    seen = {p["name"]: p["sees_us_at"] for p in b.status()["peers"]}
+    assert seen["alpha"] == f"127.0.0.1:{b.listen_address[1]}"
+    assert peers["beta"]["sees_us_at"] is None   # alpha did not dial it
 
     text = render_status(st)
     assert f"node     alpha ({a.node_id.hex()[:16]}) realm 'test'" in text

@@ -29,7 +29,7 @@ SCRIPT = textwrap.dedent("""
         pass
 
     import asyncio, ssl, tempfile, os
-    import msgpack, psutil
+    import msgpack
     from qh3.asyncio import connect, serve
     from qh3.quic.configuration import QuicConfiguration
     from macula.identity.certs import generate_self_signed
@@ -38,7 +38,6 @@ SCRIPT = textwrap.dedent("""
 
     detect_limits()
     msgpack.unpackb(msgpack.packb({"ok": [1, 2]}))
-    psutil.Process().memory_info()
     cert_pem, key_pem = generate_self_signed("mdwe-test")
     tmp = tempfile.mkdtemp()
     cert, key = os.path.join(tmp, "c.pem"), os.path.join(tmp, "k.pem")

@@ -105,8 +105,9 @@ class NetworkConfig:
     listen_host: str = _opt("address to bind the node's UDP socket to", default="0.0.0.0")
     listen_port: int = _opt("UDP port for QUIC (0 = any free port)", int_range(0, 65535),
                             default=9443)
-    advertise_host: str = _opt("address peers should dial; empty = the listen address, or "
-                               "the address seeds observe", default="")
+    advertise_host: str = _opt("address peers should dial; empty = the listen address (a "
+                               "wildcard one is replaced by the address peers see; `macula "
+                               "status` shows it per peer as sees_us_at)", default="")
     seeds: tuple[str, ...] = _opt("well-known nodes to join through, 'host:port'", seed_list,
                                   default=())
 

@@ -1,7 +1,7 @@
 """Signature primitives used at run time.
 
 They come from qh3's TLS module (Rust, already resident for QUIC), so a running node
-does not load `cryptography` (~7-9 MiB RSS); that library is only imported to make
+does not load `cryptography` (several MiB resident); that library is only imported to make
 keys and certificates (first start, `macula keys`).
 """
 

@@ -1,7 +1,7 @@
 """Operator metrics: a Prometheus text endpoint on localhost, and the process's memory.
 
 Nothing here imports prometheus_client until an endpoint is started: the library costs
-~2.5 MiB resident, which nodes run in-process by tests, the demo and benchmarks (nodes
+megabytes resident, which nodes run in-process by tests, the demo and benchmarks (nodes
 without a control endpoint) do not pay.
 """
 

@@ -2,7 +2,7 @@
 
 The original stored a subscription under the hash of its pattern, so a publisher that
 looked up its topic never found wildcard patterns: wildcards only matched publishes
-made at the subscriber's own gateway. Here a node stores its patterns under the key of
+made at the subscriber's own home node. Here a node stores its patterns under the key of
 their LITERAL PREFIX (the tokens before the first wildcard): "home.*.temp" and
 "home.>" under "home", ">" under "". A publisher of "home.kitchen.temp" looks up every
 prefix of its topic ("", "home", "home.kitchen", "home.kitchen.temp"), in parallel and

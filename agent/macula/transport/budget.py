@@ -1,7 +1,7 @@
 """The node-wide bound on partially received frames.
 
-A session may hold one frame in flight of up to ``max_frame`` bytes; 300 sessions doing
-so took a node from 133 to 515 MiB. Every session reports what its decoder holds after
+A session may hold one frame in flight of up to ``max_frame`` bytes, and many sessions
+doing so at once would exhaust the node's memory. Every session reports what its decoder holds after
 each read; when the total passes the limit, the sessions whose frames made progress
 least recently are named for closing (a slow or stalled sender, not the honest one
 that is streaming now).

@@ -8,10 +8,10 @@ Per loop tick the endpoint reads every datagram the socket holds, feeds them to
 their connections in batches, and then flushes once: the frames queued on each
 link are handed to qh3 in one call and its datagrams are sent. Sends made outside
 that path schedule one flush with ``call_soon``, so N messages in a tick cost one
-transmit, not N (limits.md: 118-154k vs 13-15k calls/s). One exception: while a large
-batch is being processed, a link that has a datagram's worth to send for the next hop
-sends it at once (``flush_ready``), so a node relaying 32 calls lets the provider start
-on the first ones while it works on the rest (RPC at 32 in flight: ~22k -> ~27k calls/s).
+transmit, not N. One exception: while a large batch is being processed, a link that
+has a datagram's worth to send for the next hop sends it at once (``flush_ready``), so
+a node relaying 32 calls lets the provider start on the first ones while it works on
+the rest.
 
 A peer whose process died sends no CONNECTION_CLOSE, and QUIC alone would notice only
 at the idle timeout. The socket asks for ICMP errors (IP_RECVERR): a "port

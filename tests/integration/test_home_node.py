@@ -1,4 +1,4 @@
-"""Light clients attached to one node: pub/sub and RPC through the gateway, on real QUIC."""
+"""Light clients attached to one node, their home node: pub/sub and RPC through it, on real QUIC."""
 
 from __future__ import annotations
 
