@@ -2,8 +2,8 @@
 
 - Every SWIM and gossip message from a node of this cluster (its CONNECT caps carry
   ``cluster:<name>``) goes to the core; the same types from anyone else are ignored.
-- The core's timers run on one loop TimerHandle, re-armed from ``get_timer()`` after
-  every call into the core: nothing polls.
+- The core runs under the one CoreDriver (runtime/driver.py): sends, events and one
+  timer re-armed after every call into the core; nothing polls.
 - What the core sends goes on the destination's session. A member without one is
   dialled at the address membership gives for it, at most ``max_dials`` at once; its
   messages wait (bounded) for the dial. A failed dial is reported to the core and the
@@ -40,6 +40,7 @@ from macula.membership import (
 )
 from macula.interest import RemotePattern
 from macula.runtime.backoff import Backoff
+from macula.runtime.driver import CoreDriver
 from macula.transport.session import Session
 from macula.wire import encode
 
@@ -147,8 +148,8 @@ class ClusterService:
         self._subscription_listeners: list[Callable[[dict[bytes, tuple[RemotePattern, ...]]], None]] = []
         self._provider_listeners: list[Callable[[dict[str, list[bytes]]], None]] = []
         self._state_listeners: list[Callable[[str], None]] = []
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at: float | None = None
+        self._driver = CoreDriver(self._loop, self.core, self._send,
+                                  next_event=self.core.next_event, on_event=self._on_event)
         self._metadata_timer: asyncio.TimerHandle | None = None
         self._metadata: dict[str, Any] = {}
         self._extra: dict[str, Any] = {}
@@ -184,9 +185,9 @@ class ClusterService:
         self.core.leave(self._loop.time())
         self._flush()
         self._stopped = True
-        for handle in (self._timer, self._metadata_timer):
-            if handle is not None:
-                handle.cancel()
+        self._driver.stop()
+        if self._metadata_timer is not None:
+            self._metadata_timer.cancel()
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
@@ -323,12 +324,7 @@ class ClusterService:
 
     # ---- to the network -------------------------------------------------------------------
     def _flush(self) -> None:
-        core = self.core
-        for dest, msg in core.messages_to_send():
-            self._send(dest, msg)
-        while (event := core.next_event()) is not None:
-            self._on_event(event)
-        self._arm()
+        self._driver.pump()
 
     def _send(self, dest: bytes, msg: Any) -> None:
         frame = encode(msg)
@@ -397,24 +393,6 @@ class ClusterService:
             for node_id in [n for n, (at, _) in self._backoff.items() if at < now]:
                 del self._backoff[node_id]
         self.core.handle_unreachable(dest, now)
-        self._flush()
-
-    def _arm(self) -> None:
-        if self._stopped:
-            return
-        at = self.core.get_timer()
-        if at == self._timer_at:
-            return
-        if self._timer is not None:
-            self._timer.cancel()
-        self._timer_at = at
-        self._timer = None if at is None else self._loop.call_at(at, self._on_timer)
-
-    def _on_timer(self) -> None:
-        due = self._timer_at or 0.0
-        self._timer = self._timer_at = None
-        # asyncio may run a handle a clock tick before its time; the core must see it due
-        self.core.handle_timer(max(self._loop.time(), due))
         self._flush()
 
     # ---- events -------------------------------------------------------------------------

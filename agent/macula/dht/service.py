@@ -24,6 +24,7 @@ from macula.dht.node import DhtNode
 from macula.dht.registry import Discovered, Provider, ServiceRegistry
 from macula.errors import ErrorCode, MaculaError
 from macula.host import PeerEvent, PeerUp
+from macula.runtime.driver import CoreDriver
 from macula.transport.session import Session
 from macula.wire.messages import (
     DhtPing, DhtPong, FindNode, FindNodeReply, FindValue, FindValueReply, Store, StoreReply,
@@ -53,8 +54,8 @@ class DhtService:
         self._waiters: dict[int, asyncio.Future] = {}
         self._dials: dict[bytes, list] = {}  # node ID -> messages waiting for the session
         self._dial_slots = asyncio.Semaphore(max_dials)
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at: float | None = None
+        self._driver = CoreDriver(self.loop, self.core, self._deliver,
+                                  next_event=self.registry.next_event, on_event=self._finished)
         self._bootstrapped = False
         # set once the first bootstrap finished (or at once when there are no seeds):
         # operations started before that wait for it, bounded by JOIN_WAIT
@@ -103,29 +104,12 @@ class DhtService:
 
     # -- the pump ---------------------------------------------------------------------
     def _pump(self) -> None:
-        core = self.core
-        for dest, msg in core.messages_to_send():
-            self._deliver(dest, msg)
-        while True:
-            event = self.registry.next_event()
-            if event is None:
-                break
-            fut = self._waiters.pop(event.op_id, None)
-            if fut is not None and not fut.done():
-                fut.set_result(event)
-        at = core.get_timer()
-        if at != self._timer_at:
-            if self._timer is not None:
-                self._timer.cancel()
-            self._timer_at = at
-            self._timer = None if at is None or at == float("inf") else \
-                self.loop.call_at(max(at, self.loop.time()), self._on_timer)
+        self._driver.pump()
 
-    def _on_timer(self) -> None:
-        self._timer = None
-        self._timer_at = None
-        self.core.handle_timer(self.loop.time())
-        self._pump()
+    def _finished(self, event: Any) -> None:
+        fut = self._waiters.pop(event.op_id, None)
+        if fut is not None and not fut.done():
+            fut.set_result(event)
 
     def _deliver(self, dest: Contact | bytes, msg: Any) -> None:
         node_id = dest if type(dest) is bytes else dest.node_id
@@ -224,9 +208,7 @@ class DhtService:
             await asyncio.wait(waits, timeout=timeout)
             for w in waits:
                 w.cancel()
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._driver.stop()
 
     def status(self) -> dict[str, Any]:
         return {**self.core.stats(), **self.stats, "client_mode": self.client_mode}

@@ -1,0 +1,78 @@
+"""One loop for every sans-IO core on the event loop (DHT, cluster, and the next ones).
+
+A core is fed messages and timer expiries with the time, and is asked afterwards what to
+send (``messages_to_send()``), what happened (an event queue) and when it next needs the
+clock (``get_timer()``). After every input the driver *pumps*: sends, hands events on,
+re-arms one TimerHandle. Nothing polls. As aioquic does, a timer that fires a clock tick
+early (asyncio may run a handle just before its time) is given its due time, so the core
+always sees it due.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Callable, Iterable, Protocol
+
+
+class Core(Protocol):
+    def handle_timer(self, now: float) -> Any: ...
+    def get_timer(self) -> float | None: ...
+    def messages_to_send(self) -> Iterable[tuple[Any, Any]]: ...
+
+
+class CoreDriver:
+    def __init__(self, loop: asyncio.AbstractEventLoop, core: Core,
+                 send: Callable[[Any, Any], None], *,
+                 next_event: Callable[[], Any] | None = None,
+                 on_event: Callable[[Any], None] | None = None) -> None:
+        """``send(destination, message)`` for what the core produces; ``next_event()``
+        (None when empty) and ``on_event(event)`` for what it reports."""
+        self.loop = loop
+        self.core = core
+        self._send = send
+        self._next_event = next_event
+        self._on_event = on_event
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self.stopped = False
+
+    def pump(self) -> None:
+        if self.stopped:
+            return
+        send = self._send
+        for dest, msg in self.core.messages_to_send():
+            send(dest, msg)
+        if self._next_event is not None:
+            on_event = self._on_event
+            while (event := self._next_event()) is not None:
+                if on_event is not None:
+                    on_event(event)
+        self._arm()
+
+    def _arm(self) -> None:
+        if self.stopped:
+            return
+        at = self.core.get_timer()
+        if at == float("inf"):
+            at = None
+        if at == self._timer_at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = at
+        self._timer = None if at is None else self.loop.call_at(at, self._fire)
+
+    def _fire(self) -> None:
+        due = self._timer_at or 0.0
+        self._timer = self._timer_at = None
+        if self.stopped:
+            return
+        self.core.handle_timer(max(self.loop.time(), due))
+        self.pump()
+
+    def stop(self) -> None:
+        """No more sends or timers (what the core produces from now on is dropped)."""
+        self.stopped = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = self._timer_at = None
