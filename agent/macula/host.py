@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 if TYPE_CHECKING:
     from macula.transport.pool import PeerPool
+    from macula.transport.reach import Reach
     from macula.transport.session import PeerInfo, Session
 
 
@@ -41,7 +42,8 @@ class Host:
     name: str
     realm: str
     loop: asyncio.AbstractEventLoop
-    pool: "PeerPool"                       # sessions by node id, and dialling
+    pool: "PeerPool"                       # the sessions up now, by node id
+    reach: "Reach"                         # sending to a node id: address book, dials, queues
     advertise: tuple[str, int]             # where other nodes reach this one
     seeds: tuple[tuple[str, int], ...]     # configured seed addresses
     # on(msg_cls, handler, accept=None): route application messages of a type to a

@@ -30,6 +30,7 @@ from macula.metrics import rss_bytes, start_metrics
 from macula.operations import NodeFacts, Operations
 from macula.transport import Endpoint, PeerPool, PoolSettings, Session, SessionConfig
 from macula.transport.budget import ReceiveBudget
+from macula.transport.reach import AddressBook, Reach
 from macula.transport.session import PeerInfo
 from macula.wire import HEADER_SIZE
 from macula.wire.messages import (
@@ -38,6 +39,7 @@ from macula.wire.messages import (
 
 log = logging.getLogger("macula.node")
 
+MAX_DIALS = 16   # dials to other nodes in progress at once (each costs a handshake)
 # what a light client may send; every other type is refused from its frame header
 CLIENT_MESSAGES = frozenset({Publish, Subscribe, Unsubscribe, Call, Reply, Register, Unregister})
 
@@ -125,6 +127,7 @@ class Node:
         self.cluster = None
         self.listen_address: tuple[str, int] | None = None
         self.host: Host | None = None
+        self.reach: Reach | None = None
         self.operations: Operations | None = None
         self._peer_listeners: list[Callable[[PeerEvent], None]] = []
 
@@ -200,8 +203,14 @@ class Node:
         self.pool.on_peer_down = self._peer_down
         self.pool.on_message = self._dispatch
         self.pool.start()
+        self.reach = Reach(self.pool, self.endpoint.loop, AddressBook(lim.cache_entries),
+                           # what waits for one dial: about a send buffer of small frames
+                           queue_len=max(32, lim.send_buffer_bytes // 1024),
+                           max_dials=MAX_DIALS, dial_timeout=t.connect,
+                           backoff_base=t.reconnect_base, backoff_cap=t.reconnect_cap)
         self.host = Host(node_id=identity.node_id, name=self.name, realm=cfg.node.realm,
-                         loop=self.endpoint.loop, pool=self.pool, advertise=advertise,
+                         loop=self.endpoint.loop, pool=self.pool, reach=self.reach,
+                         advertise=advertise,
                          seeds=tuple(cfg.seed_addresses()), on=self.on,
                          watch_peers=self._peer_listeners.append)
         self._start_services(self.host)
@@ -307,6 +316,8 @@ class Node:
             await self.cluster.stop()  # goodbyes go out with the pool's drain
         if self.dht is not None:
             await self.dht.shutdown(self.cfg.timeouts.shutdown)  # withdraw our records
+        if self.reach is not None:
+            await self.reach.close()
         if self.pool is not None:
             await self.pool.close()
         if self._tofu is not None:
@@ -319,6 +330,8 @@ class Node:
         p = session.peer
         assert p is not None
         log.info("peer joined: %s (%s) %s at %s:%d", p.name, p.short_id, p.role, *p.address)
+        if self.reach is not None:
+            self.reach.peer_up(session)   # what waited for this node goes first
         event = PeerUp(session)
         for listener in self._peer_listeners:
             listener(event)
@@ -389,4 +402,5 @@ class Node:
             "pubsub": self.pubsub.status() if self.pubsub else None,
             "rpc": self.rpc.status() if self.rpc else None,
             "cluster": self.cluster.status() if self.cluster else None,
+            "reach": self.reach.status() if self.reach else None,
         }

@@ -170,7 +170,8 @@ def providers(local=()):
     for name in local:
         procs.register(A, name)
     cluster, dht = FakeCluster(), FakeDhtProviders()
-    return ClusterProviders(None, procs, dht, cluster), cluster, dht
+    host = SimpleNamespace(reach=SimpleNamespace(backing_off=lambda node_id: False))
+    return ClusterProviders(host, procs, dht, cluster), cluster, dht
 
 
 async def test_providers_come_from_the_cluster_first_without_discovery():

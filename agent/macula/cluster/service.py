@@ -5,10 +5,10 @@
 - The core runs under the one CoreDriver (runtime/driver.py): sends, events and one
   timer re-armed after every call into the core; nothing polls.
 - What the core sends goes on the destination's session. A member without one is
-  dialled at the address membership gives for it, at most ``max_dials`` at once; its
-  messages wait (bounded) for the dial. A failed dial is reported to the core and the
-  member is not dialled again before a backoff. Nor is one dialled while the pool is
-  full: that would evict another peer, which the cluster would dial back.
+  dialled through the node's reach path (transport/reach.py) at the address membership
+  gives for it; its messages wait (bounded) for the dial. A failed dial, or a member
+  still in its backoff, is reported to the core as unreachable. Nor is one dialled while
+  the pool is full: that would evict another peer, which the cluster would dial back.
 - A member suspected or declared failed has its session closed if that session has
   been silent for two probe periods: a QUIC connection that lived through a partition
   may be one the peer has already closed, or sit in loss-recovery backoff, long after
@@ -25,21 +25,19 @@ import os
 import random
 import socket
 import time
-from collections import deque
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Callable, NamedTuple
 
 from macula import __version__
 from macula.cluster.core import GOSSIP_TYPES, SWIM_TYPES, ClusterCore
 from macula.cluster.events import ProvidersChanged, StateChanged, SubscriptionsChanged
-from macula.errors import ConfigError, ErrorCode, SessionRefused
+from macula.errors import ConfigError, ErrorCode
 from macula.gossip import MIN_MESSAGE_BYTES
 from macula.host import PeerEvent, PeerUp
 from macula.membership import (
     MemberFailed, MemberJoined, MemberLeft, MemberRecovered, MemberSuspected,
 )
 from macula.interest import RemotePattern
-from macula.runtime.backoff import Backoff
 from macula.runtime.driver import CoreDriver
 from macula.transport.session import Session
 from macula.wire import encode
@@ -50,7 +48,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("macula.cluster")
 
-WAITING_PER_MEMBER = 64          # messages held for a member while it is dialled
 MAX_GOSSIP_MESSAGE = 64 * 1024   # gossip's own default; far below the frame cap
 _UNSPECIFIED = ("0.0.0.0", "::", "")
 
@@ -78,14 +75,11 @@ class ClusterSettings:
     anti_entropy_interval: float = 30.0
     gc_grace: float = 60.0
     metadata_interval: float = 10.0
-    max_dials: int = 4
     max_entries_per_node: int = 4096
     gossip_interval: float = 1.0
     gossip_fanout: int = 3
     gossip_peers: int = 4
     max_message_bytes: int = MAX_GOSSIP_MESSAGE
-    dial_backoff_base: float = 0.5
-    dial_backoff_cap: float = 30.0
     hw_profile: str = ""         # told to the other members in this node's metadata
 
     @classmethod
@@ -99,12 +93,11 @@ class ClusterSettings:
                    probe_interval=c.probe_interval, probe_timeout=c.probe_timeout,
                    suspicion_mult=c.suspicion_mult, sync_interval=c.sync_interval,
                    anti_entropy_interval=c.anti_entropy_interval, gc_grace=c.gc_grace,
-                   metadata_interval=c.metadata_interval, max_dials=c.max_dials,
+                   metadata_interval=c.metadata_interval,
                    max_entries_per_node=c.max_entries_per_node,
                    gossip_interval=lim.gossip_interval, gossip_fanout=lim.gossip_fanout,
                    gossip_peers=c.gossip_peers,
-                   max_message_bytes=message, dial_backoff_base=cfg.timeouts.reconnect_base,
-                   dial_backoff_cap=cfg.timeouts.reconnect_cap, hw_profile=cfg.hw_profile)
+                   max_message_bytes=message, hw_profile=cfg.hw_profile)
 
 
 def reachable_address(listen: tuple[str, int], seeds: list[tuple[str, int]]) -> tuple[str, int]:
@@ -153,15 +146,13 @@ class ClusterService:
         self._metadata_timer: asyncio.TimerHandle | None = None
         self._metadata: dict[str, Any] = {}
         self._extra: dict[str, Any] = {}
-        self._waiting: dict[bytes, deque[bytes]] = {}
-        self._backoff: dict[bytes, tuple[float, Backoff]] = {}   # member -> (retry at, backoff)
-        self._dial_slots = asyncio.Semaphore(s.max_dials)
-        self._tasks: set[asyncio.Task] = set()
+        self._out = host.reach.channel("cluster", self._reached, self._unreachable,
+                                       dial_when_full=False)
         self._stopped = False
         # bytes_sent: frames are encoded to be sent anyway; received bytes are not
         # counted (that would mean encoding every message again)
         self.stats = {"messages_sent": 0, "messages_received": 0, "bytes_sent": 0,
-                      "dials": 0, "dial_failures": 0, "send_dropped": 0,
+                      "dial_failures": 0, "send_dropped": 0,
                       "waiting_dropped": 0, "foreign": 0, "callback_errors": 0}
         for cls in SWIM_TYPES | GOSSIP_TYPES:
             # from a non-member these are refused from the header, never decoded
@@ -188,10 +179,6 @@ class ClusterService:
         self._driver.stop()
         if self._metadata_timer is not None:
             self._metadata_timer.cancel()
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
 
     # ---- the API for routing ------------------------------------------------------------
     def set_local_subscriptions(self, patterns: list[RemotePattern]) -> None:
@@ -315,10 +302,6 @@ class ClusterService:
         if type(event) is not PeerUp or self._stopped or not self._is_member_session(session):
             return
         node_id = session.peer.node_id
-        self._backoff.pop(node_id, None)
-        waiting = self._waiting.pop(node_id, None)
-        if waiting:
-            self._send_frames(session, waiting)
         self.core.peer_connected(node_id, session.peer.listen, self._loop.time())
         self._flush()
 
@@ -332,26 +315,13 @@ class ClusterService:
         if session is not None:
             self._send_frames(session, (frame,))
             return
-        waiting = self._waiting.get(dest)
-        if waiting is not None:
-            if len(waiting) == waiting.maxlen:
-                self.stats["waiting_dropped"] += 1
-            waiting.append(frame)
-            return
-        now = self._loop.time()
         addr = self.core.address(dest)
-        retry = self._backoff.get(dest)
-        pool = self.host.pool
-        # a full pool would evict another peer to make room, and the cluster would
-        # dial that one back: leave a member without a session to the others then
-        if self._stopped or addr is None or addr[0] in _UNSPECIFIED or (retry and now < retry[0]) \
-                or len(pool.peers()) >= pool.settings.max_peers:
-            self.core.handle_unreachable(dest, now)
+        if not self._stopped and addr is not None and self._out.send(dest, frame, addr):
             return
-        self._waiting[dest] = deque((frame,), maxlen=WAITING_PER_MEMBER)
-        task = self._loop.create_task(self._dial(dest, (addr[0], addr[1])))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        if self._out.dialing(dest):
+            self.stats["waiting_dropped"] += 1   # its queue is full
+        else:   # no address, in its backoff, or the pool is full
+            self.core.handle_unreachable(dest, self._loop.time())
 
     def _send_frames(self, session: Session, frames: Any) -> None:
         for frame in frames:
@@ -361,41 +331,18 @@ class ClusterService:
             else:
                 self.stats["send_dropped"] += 1
 
-    async def _dial(self, dest: bytes, addr: tuple[str, int]) -> None:
-        reached = False
-        try:
-            async with self._dial_slots:
-                if self.host.pool.get(dest) is None:
-                    self.stats["dials"] += 1
-                    session = await self.host.pool.connect(*addr)
-                    reached = session.peer is not None and session.peer.node_id == dest
-                else:
-                    reached = True
-        except (SessionRefused, OSError) as exc:
-            log.debug("cannot reach member %s at %s:%d: %s", dest.hex()[:12], *addr, exc)
-        finally:
-            left = self._waiting.pop(dest, None)
+    def _reached(self, session: Session, frames: list) -> None:
+        if not self._stopped:
+            self._send_frames(session, frames)
+
+    def _unreachable(self, dest: bytes, frames: list) -> None:
         if self._stopped:
             return
-        if reached:   # the session's "up" sent what waited, unless it was already up
-            session = self.host.pool.get(dest)
-            if left and session is not None:
-                self._send_frames(session, left)
-            return
         self.stats["dial_failures"] += 1
-        self.stats["waiting_dropped"] += len(left or ())
-        now = self._loop.time()
-        _, backoff = self._backoff.get(dest) or (0.0, Backoff(self.settings.dial_backoff_base,
-                                                                self.settings.dial_backoff_cap,
-                                                                self._rng))
-        self._backoff[dest] = (now + backoff.next_delay(), backoff)
-        if len(self._backoff) > self.settings.max_members:   # members that went away
-            for node_id in [n for n, (at, _) in self._backoff.items() if at < now]:
-                del self._backoff[node_id]
-        self.core.handle_unreachable(dest, now)
+        self.stats["waiting_dropped"] += len(frames)
+        self.core.handle_unreachable(dest, self._loop.time())
         self._flush()
 
-    # ---- events -------------------------------------------------------------------------
     def _on_event(self, event: Any) -> None:
         kind = type(event)
         if kind is SubscriptionsChanged:
@@ -406,6 +353,7 @@ class ClusterService:
         elif kind is StateChanged:
             self._notify(self._state_listeners, event.name)
         elif kind is MemberJoined:
+            self.host.reach.book.learn(event.node_id, event.addr)
             log.info("cluster %s: member %s joined (%s)", self.settings.name, self._who(event.node_id),
                      "%s:%d" % tuple(event.addr) if event.addr else "no address")
         elif kind is MemberLeft:

@@ -249,7 +249,6 @@ class ClusterConfig:
                            float_range(1, 86400), default=60.0)
     metadata_interval: float = _opt("seconds between checks of this node's load for its "
                                     "metadata", float_range(1, 3600), default=10.0)
-    max_dials: int = _opt("dials to members in progress at once", int_range(1, 256), default=4)
     max_entries_per_node: int = _opt("procedures plus subscription patterns one node may "
                                      "publish to the cluster; more are not published or, "
                                      "from others, not routed to", int_range(16, 1 << 20),

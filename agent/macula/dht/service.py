@@ -4,9 +4,10 @@ over the node's sessions, and turns their operations into awaitables.
 - Every DHT message a session delivers goes to the core with the time; after each
   input the edge "pumps": sends what the core produced, resolves finished operations,
   re-arms the core's single timer (no polling).
-- A message for a node without a session dials its contact address; messages wait for
-  the dial (bounded per destination, and at most ``max_dials`` dials at once). A dial
-  that fails, or reaches another node than the contact says, is reported unreachable.
+- A message for a node without a session goes through the node's reach path
+  (transport/reach.py), which dials the contact's address while it waits. A dial that
+  fails, or reaches another node than the contact says, or a contact still in its
+  backoff, is reported to the core as unreachable.
 - Peers with the ``dht-client`` cap (weak or unreachable nodes) are never routed to.
 """
 
@@ -37,14 +38,13 @@ log = logging.getLogger("macula.dht")
 
 DHT_MESSAGES = (FindNode, FindNodeReply, FindValue, FindValueReply, Store, StoreReply,
                 DhtPing, DhtPong)
-QUEUED_PER_DIAL = 32       # messages waiting for one dial; more are dropped (RPC timeouts)
 OP_GUARD = 60.0            # an operation the core never finishes is abandoned after this
 JOIN_WAIT = 10.0           # operations wait this long at most for the first bootstrap
 
 
 class DhtService:
     def __init__(self, host: "Host", config: DhtConfig, *, client_mode: bool = False,
-                 max_dials: int = 16, rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None) -> None:
         self.host = host
         self.loop = host.loop
         self.client_mode = client_mode
@@ -52,15 +52,14 @@ class DhtService:
                             now=self.loop.time(), client=client_mode)
         self.registry = ServiceRegistry(self.core, host.realm, host.advertise)
         self._waiters: dict[int, asyncio.Future] = {}
-        self._dials: dict[bytes, list] = {}  # node ID -> messages waiting for the session
-        self._dial_slots = asyncio.Semaphore(max_dials)
+        self._out = host.reach.channel("dht", self._reached, self._unreachable)
         self._driver = CoreDriver(self.loop, self.core, self._deliver,
                                   next_event=self.registry.next_event, on_event=self._finished)
         self._bootstrapped = False
         # set once the first bootstrap finished (or at once when there are no seeds):
         # operations started before that wait for it, bounded by JOIN_WAIT
         self._joined = asyncio.Event()
-        self.stats = {"dials": 0, "dial_failures": 0, "dropped": 0}
+        self.stats = {"dial_failures": 0, "dropped": 0}
         for msg_cls in DHT_MESSAGES:
             host.on(msg_cls, self._on_message)
         host.watch_peers(self._on_peer)
@@ -92,10 +91,6 @@ class DhtService:
                 op = self.core.bootstrap([], now)
                 fut = self._waiters[op] = self.loop.create_future()
                 fut.add_done_callback(lambda _: self._joined.set())
-            queued = self._dials.pop(p.node_id, None)
-            if queued:
-                for msg in queued:
-                    self._send_now(session, msg)
         elif session.peer_leaving:  # it shut down: no point asking it anything any more
             self.core.handle_unreachable(p.node_id, now)
         else:
@@ -121,38 +116,27 @@ class DhtService:
             self.core.handle_unreachable(node_id, self.loop.time())
             self.loop.call_soon(self._pump)
             return
-        queued = self._dials.get(node_id)
-        if queued is None:
-            self._dials[node_id] = [msg]
-            self.loop.create_task(self._dial(dest))
-        elif len(queued) < QUEUED_PER_DIAL:
-            queued.append(msg)
-        else:
-            self.stats["dropped"] += 1
+        if self._out.send(node_id, msg, (dest.host, dest.port)):
+            return
+        if self._out.dialing(node_id):
+            self.stats["dropped"] += 1   # its queue is full: the core's RPC timeout covers it
+        else:                            # in its backoff, or no usable address
+            self.core.handle_unreachable(node_id, self.loop.time())
+            self.loop.call_soon(self._pump)
 
     def _send_now(self, session: Session, msg: Any) -> None:
         if not session.send(msg):
             self.stats["dropped"] += 1  # a full buffer: the core's RPC timeout covers it
 
-    async def _dial(self, contact: Contact) -> None:
-        async with self._dial_slots:
-            self.stats["dials"] += 1
-            try:
-                session = await self.host.pool.connect(contact.host, contact.port,
-                                                       timeout=self.core.config.rpc_timeout)
-                if session.peer.node_id != contact.node_id:
-                    raise MaculaError(f"{contact.host}:{contact.port} is another node now",
-                                      code=ErrorCode.IDENTITY_INVALID)
-            except (MaculaError, OSError) as exc:
-                self.stats["dial_failures"] += 1
-                log.debug("DHT contact %s unreachable: %s", contact.node_id.hex()[:12], exc)
-                self._dials.pop(contact.node_id, None)
-                self.core.handle_unreachable(contact.node_id, self.loop.time())
-                self._pump()
-                return
-        queued = self._dials.pop(contact.node_id, None) or []
-        for msg in queued:  # usually already flushed by the peer-up event
+    def _reached(self, session: Session, msgs: list) -> None:
+        for msg in msgs:
             self._send_now(session, msg)
+
+    def _unreachable(self, node_id: bytes, _msgs: list) -> None:
+        self.stats["dial_failures"] += 1
+        log.debug("DHT contact %s unreachable", node_id.hex()[:12])
+        self.core.handle_unreachable(node_id, self.loop.time())
+        self._pump()
 
     # -- operations (awaitable) -------------------------------------------------------
     async def joined(self, timeout: float = JOIN_WAIT) -> bool:

@@ -51,7 +51,6 @@ if TYPE_CHECKING:
     from macula.dht.service import DhtService
     from macula.host import Host
     from macula.pubsub.router import PubSubRouter
-    from macula.transport.session import Session
 
 View = dict[bytes, tuple[RemotePattern, ...]]
 
@@ -76,10 +75,9 @@ class DhtInterest:
         self.cache_ttl = cache_ttl
         self.record_ttl = record_ttl
         clock = MonotonicClock()  # the loop's clock: time.monotonic
-        # prefix -> {node ID: patterns}; the contact of each node seen, for dialling
+        # prefix -> {node ID: patterns}; where each node listens goes to the address book
         self._prefixes: TTLCache[str, dict[bytes, tuple[RemotePattern, ...]]] = \
             TTLCache(cache_entries, cache_ttl, clock)
-        self._contacts: TTLCache[bytes, tuple[str, int]] = TTLCache(cache_entries, record_ttl, clock)
         self._ready: dict[str, float] = {}          # topic -> when its answer goes stale
         self._refreshing: set[str] = set()
         self._cache_entries = cache_entries
@@ -137,7 +135,7 @@ class DhtInterest:
                 self.stats["bad_records"] += 1
                 continue
             host, port, patterns = parsed
-            self._contacts.set(record.publisher, (host, port))
+            self.host.reach.book.learn(record.publisher, (host, port))
             nodes[record.publisher] = patterns
         self._prefixes.set(prefix, nodes)
 
@@ -172,16 +170,6 @@ class DhtInterest:
                 router.forget_remote(node_id)
         for node_id, patterns in self.view.items():
             router.set_remote(node_id, patterns)
-
-    def contact(self, node_id: bytes) -> tuple[str, int] | None:
-        """Where a node that advertised subscriptions said it listens (None: unknown)."""
-        return self._contacts.get(node_id)
-
-    async def connect(self, node_id: bytes) -> "Session | None":
-        contact = self._contacts.get(node_id)
-        if contact is None:
-            return None
-        return await self.host.pool.connect(*contact)
 
     # -- our own subscriptions ----------------------------------------------------------
     def local_changed(self) -> None:
@@ -258,12 +246,6 @@ class ClusterInterest:
         self.dht.local_changed()
         if self._push_handle is None:   # one update per burst handled in one loop pass
             self._push_handle = self.dht.loop.call_soon(self._push)
-
-    async def connect(self, node_id: bytes) -> "Session | None":
-        addr = self.cluster.member_address(node_id) or self.dht.contact(node_id)
-        if addr is None:
-            return None
-        return await self.host.pool.connect(*addr)
 
     # -- the two sources ----------------------------------------------------------------
     def _push(self) -> None:

@@ -42,8 +42,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("macula.pubsub")
 
-UNREACHABLE_BACKOFF = 10.0  # a subscriber node that failed a dial is skipped this long
-DIAL_QUEUE = 1024           # frames held for one subscriber node while it is dialled
 MAX_PEER_HOLD_MS = 10_000   # a peer node's PUBSUB_FLOW pause lasts at most this long
 WAITING_OVERHEAD = 96       # bytes charged per waiting publish beyond payload and topic
 WAITING_HOLD = 64 << 10     # a flood into a topic still being looked up is held from here
@@ -56,7 +54,6 @@ class InterestSource(Protocol):
     async def resolve(self, topic: str) -> None: ...     # learn it (updates the router)
     def direct_nodes(self) -> Collection[bytes]: ...     # nodes known without any lookup
     def local_changed(self) -> None: ...                 # our subscriptions changed
-    async def connect(self, node_id: bytes) -> Session | None: ...
 
 
 class _Waiting:
@@ -90,8 +87,8 @@ class PubSubService:
         self.interest = interest
         self._outboxes: dict[bytes, Outbox] = {}
         self._waiting: dict[str, _Waiting] = {}   # topic -> publishes waiting for interest
-        self._dialing: dict[bytes, deque] = {}  # node -> frames waiting for its session
-        self._unreachable: dict[bytes, float] = {}  # node -> skip it until then
+        # a subscriber node without a session: dialled by the reach path, frames wait there
+        self._out = host.reach.channel("pubsub", self._reached, self._unreachable)
         self.stats = {"published": 0, "delivered": 0, "routed_out": 0, "routed_in": 0,
                       "dropped": 0, "waiting_dropped": 0, "routed_early": 0}
         # PUBSUB_ROUTE frames per peer node: what proves there is no amplification
@@ -259,49 +256,24 @@ class PubSubService:
         for node_id, (plain, groups) in route.remote.items():
             frame = encode(PubsubRoute(origin, topic, payload, plain, groups, reply_to, headers))
             outbox = self._outbox_for_node(node_id)
-            if outbox is not None and node_id not in self._dialing:
+            if outbox is not None and not self._out.dialing(node_id):
                 outbox.put(frame, source)
-            else:
-                self._queue_for_dial(node_id, frame)
+            elif not self._out.send(node_id, frame):
+                self.stats["dropped"] += 1  # in its backoff, no address, or its queue is full
             self.stats["routed_out"] += 1
             self.routed_to[node_id] += 1
 
-    def _queue_for_dial(self, node_id: bytes, frame: bytes) -> None:
-        until = self._unreachable.get(node_id)
-        if until is not None and until > self.loop.time():
-            self.stats["dropped"] += 1  # recently failed: do not queue behind a dead node
-            return
-        queue = self._dialing.get(node_id)
-        if queue is None:
-            queue = self._dialing[node_id] = deque(maxlen=DIAL_QUEUE)
-            asyncio.get_running_loop().create_task(self._dial(node_id))
-        if len(queue) == queue.maxlen:
-            self.stats["dropped"] += 1
-        queue.append(frame)
-
-    async def _dial(self, node_id: bytes) -> None:
-        try:
-            session = await self.interest.connect(node_id)
-        except Exception as exc:
-            log.debug("cannot reach subscriber node %s: %s", node_id.hex()[:12], exc)
-            session = None
-        queue = self._dialing.pop(node_id, deque())
-        if session is not None and (session.peer is None or session.peer.node_id != node_id):
-            session = None  # the address now belongs to another node
-        if session is None:
-            now = self.loop.time()
-            if len(self._unreachable) >= 1024:  # bounded: forget backoffs that are over
-                self._unreachable = {n: t for n, t in self._unreachable.items() if t > now}
-            self._unreachable[node_id] = now + UNREACHABLE_BACKOFF
-            self.stats["dropped"] += len(queue)
-            return
-        self._unreachable.pop(node_id, None)
-        outbox = self._outbox_for_node(node_id)
+    def _reached(self, session: Session, frames: list) -> None:
+        outbox = self._outbox_for_node(session.peer.node_id)
         if outbox is None:  # closed again at once
-            self.stats["dropped"] += len(queue)
+            self.stats["dropped"] += len(frames)
             return
-        for frame in queue:  # in order, before anything newer
+        for frame in frames:  # in order, before anything newer
             outbox.put(frame)
+
+    def _unreachable(self, node_id: bytes, frames: list) -> None:
+        log.debug("cannot reach subscriber node %s", node_id.hex()[:12])
+        self.stats["dropped"] += len(frames)
 
     def _outbox_for_node(self, node_id: bytes) -> Outbox | None:
         outbox = self._outboxes.get(node_id)

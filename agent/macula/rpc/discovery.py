@@ -26,12 +26,11 @@ if TYPE_CHECKING:
     from macula.dht.service import DhtService
     from macula.host import Host
     from macula.rpc.local import LocalProcedures
-    from macula.transport.session import Session
 
 log = logging.getLogger("macula.rpc")
 
 SERVICE_PREFIX = "rpc."
-UNREACHABLE_BACKOFF = 10.0  # a provider node that failed a dial is skipped this long
+GONE_BACKOFF = 10.0  # a provider whose node went away is not offered this long
 
 
 class DhtProviders:
@@ -43,9 +42,7 @@ class DhtProviders:
         self.advertise_ttl = advertise_ttl
         clock = MonotonicClock()
         self._cache: TTLCache[str, list[bytes]] = TTLCache(cache_entries, cache_ttl, clock)
-        self._contacts: TTLCache[bytes, tuple[str, int]] = TTLCache(cache_entries, advertise_ttl,
-                                                                    clock)
-        self._unreachable: TTLCache[bytes, bool] = TTLCache(cache_entries, UNREACHABLE_BACKOFF,
+        self._unreachable: TTLCache[bytes, bool] = TTLCache(cache_entries, GONE_BACKOFF,
                                                             clock)
         self.stats = {"discoveries": 0, "advertised": 0, "withdrawn": 0}
 
@@ -66,7 +63,7 @@ class DhtProviders:
         found = []
         for p in providers:
             if p.node_id != own:
-                self._contacts.set(p.node_id, (p.host, p.port))
+                self.host.reach.book.learn(p.node_id, (p.host, p.port))
                 found.append(p.node_id)
         self._cache.set(procedure, found, None if found else self.empty_ttl)
         return [n for n in found if n not in self._unreachable]
@@ -86,16 +83,6 @@ class DhtProviders:
             log.info("%s %s in the DHT failed: %s", "advertising" if served else "withdrawing",
                      procedure, exc)
 
-    async def connect(self, node_id: bytes, timeout: float) -> "Session | None":
-        contact = self._contacts.get(node_id)
-        if contact is None:
-            return None
-        try:
-            return await self.host.pool.connect(*contact, timeout=timeout)
-        except Exception:
-            self.forget(node_id)
-            raise
-
 
 class ClusterProviders:
     """ProviderSource: cluster members that serve a procedure first (the cluster
@@ -108,9 +95,6 @@ class ClusterProviders:
         self.dht = dht
         self.cluster = cluster
         self.stats = dht.stats   # discoveries, advertised, withdrawn: the DHT's work
-        # a member whose dial failed is skipped for a while (the cluster may not know yet)
-        self._unreachable: TTLCache[bytes, bool] = TTLCache(cluster.settings.max_members,
-                                                            UNREACHABLE_BACKOFF, MonotonicClock())
 
     def cached(self, procedure: str) -> list[bytes] | None:
         members = self._members(procedure)
@@ -130,21 +114,14 @@ class ClusterProviders:
         self.dht.local_changed(procedure, served)
         self.cluster.set_local_procedures(set(self.local.procedures()))
 
-    async def connect(self, node_id: bytes, timeout: float) -> "Session | None":
-        addr = self.cluster.member_address(node_id)
-        if addr is None:
-            return await self.dht.connect(node_id, timeout)
-        try:
-            return await self.host.pool.connect(*addr, timeout=timeout)
-        except Exception:
-            self._unreachable.set(node_id, True)
-            raise
-
     def forget(self, node_id: bytes) -> None:
         self.dht.forget(node_id)   # cluster members leave the views by membership
 
     def _members(self, procedure: str) -> list[bytes]:
-        return [n for n in self.cluster.providers(procedure) if n not in self._unreachable]
+        # a member whose dial failed is skipped during its backoff (the cluster may not
+        # know yet)
+        reach = self.host.reach
+        return [n for n in self.cluster.providers(procedure) if not reach.backing_off(n)]
 
     def _outsiders(self, nodes: list[bytes]) -> list[bytes]:
         synced = self.cluster.synced()

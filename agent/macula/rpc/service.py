@@ -40,7 +40,6 @@ class ProviderSource(Protocol):
     def cached(self, procedure: str) -> list[bytes] | None: ...     # None: not known yet
     async def discover(self, procedure: str) -> list[bytes]: ...
     def local_changed(self, procedure: str, served: bool) -> None: ...  # advertise / withdraw
-    async def connect(self, node_id: bytes, timeout: float) -> Session | None: ...
     def forget(self, node_id: bytes) -> None: ...                    # its node went away
 
 
@@ -153,7 +152,7 @@ class RpcService:
         # leave time to try another provider if this one cannot be reached
         budget = max(0.05, (call.deadline - self.loop.time()) / 2)
         try:
-            session = await self.providers.connect(provider, budget)
+            session = await self.host.reach.connect(provider, budget)
         except Exception as exc:
             log.debug("provider %s unreachable: %s", provider.hex()[:12], exc)
         if self.table.get(call.call_id) is not call:
