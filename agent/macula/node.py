@@ -28,18 +28,17 @@ from macula.identity import (
 from macula.identity.tofu import TOFU_FILE
 from macula.metrics import rss_bytes, start_metrics
 from macula.operations import NodeFacts, Operations
-from macula.transport import Endpoint, PeerPool, PoolSettings, Session, SessionConfig
+from macula.settings import Settings, derive
+from macula.transport import Endpoint, PeerPool, Session, SessionConfig
 from macula.transport.budget import ReceiveBudget
 from macula.transport.reach import AddressBook, Reach
 from macula.transport.session import PeerInfo
-from macula.wire import HEADER_SIZE
 from macula.wire.messages import (
     Call, Error, Publish, Register, Reply, Subscribe, Unregister, Unsubscribe,
 )
 
 log = logging.getLogger("macula.node")
 
-MAX_DIALS = 16   # dials to other nodes in progress at once (each costs a handshake)
 # what a light client may send; every other type is refused from its frame header
 CLIENT_MESSAGES = frozenset({Publish, Subscribe, Unsubscribe, Call, Reply, Register, Unregister})
 
@@ -128,6 +127,7 @@ class Node:
         self.listen_address: tuple[str, int] | None = None
         self.host: Host | None = None
         self.reach: Reach | None = None
+        self.settings: Settings | None = None
         self.operations: Operations | None = None
         self._peer_listeners: list[Callable[[PeerEvent], None]] = []
 
@@ -167,13 +167,14 @@ class Node:
                 tofu = TofuStore(self.state_dir / TOFU_FILE, cfg.limits.pinned_peers)
             tofu.start()  # pins are written in batches off the loop from now on
             self._tofu = tofu
-        lim = cfg.limits
-        self.endpoint = Endpoint(tls, idle_timeout=cfg.timeouts.idle,
-                                 max_handshakes_per_s=lim.handshakes_per_second,
-                                 receive_buffer=lim.udp_receive_buffer_bytes,
-                                 receive_window=lim.receive_window_bytes,
-                                 handshakes_per_source=lim.handshakes_per_source,
-                                 retry_threshold=max(4, lim.handshakes_per_second // 4))
+        st = self.settings = derive(cfg)
+        e = st.endpoint
+        self.endpoint = Endpoint(tls, idle_timeout=e.idle_timeout,
+                                 max_handshakes_per_s=e.handshakes_per_second,
+                                 receive_buffer=e.receive_buffer,
+                                 receive_window=e.receive_window,
+                                 handshakes_per_source=e.handshakes_per_source,
+                                 retry_threshold=e.retry_threshold)
         try:
             self.listen_address = self.endpoint.bind(cfg.network.listen_host,
                                                      cfg.network.listen_port)
@@ -183,37 +184,30 @@ class Node:
         session_cfg = SessionConfig(
             identity=identity, tls=tls, realm=cfg.node.realm, name=self.name, role="node",
             listen=advertise, caps=self._caps(), tofu=tofu,
-            max_frame=cfg.limits.max_frame_bytes, send_buffer_bytes=cfg.limits.send_buffer_bytes,
-            bad_frames_per_minute=cfg.limits.bad_frames_per_minute,
-            handshake_timeout=cfg.timeouts.connect,
-            frame_timeout=cfg.timeouts.frame, ping_timeout=cfg.timeouts.ping,
-            # room for at least two frames of the largest size in flight
-            receive_budget=ReceiveBudget(max(lim.partial_frame_bytes_total,
-                                             2 * (lim.max_frame_bytes + HEADER_SIZE))),
-            peer_bytes_per_second=lim.peer_bytes_per_second,
-            peer_frames_per_second=lim.peer_frames_per_second,
+            max_frame=st.session.max_frame, send_buffer_bytes=st.session.send_buffer_bytes,
+            bad_frames_per_minute=st.session.bad_frames_per_minute,
+            handshake_timeout=st.session.handshake_timeout,
+            frame_timeout=st.session.frame_timeout, ping_timeout=st.session.ping_timeout,
+            receive_budget=ReceiveBudget(st.session.partial_frame_budget),
+            peer_bytes_per_second=st.session.peer_bytes_per_second,
+            peer_frames_per_second=st.session.peer_frames_per_second,
             accepts=self._accepted_types)
-        t = cfg.timeouts
-        self.pool = PeerPool(self.endpoint, session_cfg, PoolSettings(
-            max_peers=cfg.limits.max_peers, max_clients=cfg.limits.max_clients,
-            idle_ttl=t.pool_idle, keepalive=t.keepalive, connect_timeout=t.connect,
-            reconnect_base=t.reconnect_base, reconnect_cap=t.reconnect_cap,
-            shutdown_timeout=t.shutdown, sessions_per_source=lim.sessions_per_source))
+        self.pool = PeerPool(self.endpoint, session_cfg, st.pool)
         self.pool.on_peer_up = self._peer_up
         self.pool.on_peer_down = self._peer_down
         self.pool.on_message = self._dispatch
         self.pool.start()
-        self.reach = Reach(self.pool, self.endpoint.loop, AddressBook(lim.cache_entries),
-                           # what waits for one dial: about a send buffer of small frames
-                           queue_len=max(32, lim.send_buffer_bytes // 1024),
-                           max_dials=MAX_DIALS, dial_timeout=t.connect,
-                           backoff_base=t.reconnect_base, backoff_cap=t.reconnect_cap)
+        r = st.reach
+        self.reach = Reach(self.pool, self.endpoint.loop, AddressBook(r.book_entries),
+                           queue_len=r.queue_len, max_dials=r.max_dials,
+                           dial_timeout=r.dial_timeout, backoff_base=r.backoff_base,
+                           backoff_cap=r.backoff_cap)
         self.host = Host(node_id=identity.node_id, name=self.name, realm=cfg.node.realm,
                          loop=self.endpoint.loop, pool=self.pool, reach=self.reach,
                          advertise=advertise,
                          seeds=tuple(cfg.seed_addresses()), on=self.on,
                          watch_peers=self._peer_listeners.append)
-        self._start_services(self.host)
+        self._start_services(self.host, st)
         for host, port in cfg.seed_addresses():
             self.pool.keep_connected(host, port)
         self.started_at = time.monotonic()
@@ -260,11 +254,10 @@ class Node:
         name = self.cfg.cluster.name
         return caps + (cluster_cap(name),) if name else caps
 
-    def _start_services(self, host: Host) -> None:
+    def _start_services(self, host: Host, st: Settings) -> None:
         """Each service is complete when its constructor returns; a service comes after
         the ones it is given."""
-        from macula.cluster import ClusterService, ClusterSettings
-        from macula.dht.config import DhtConfig
+        from macula.cluster import ClusterService
         from macula.dht.service import DhtService
         from macula.pubsub.interest import ClusterInterest, DhtInterest
         from macula.pubsub.router import PubSubRouter
@@ -273,28 +266,24 @@ class Node:
         from macula.rpc.local import LocalProcedures
         from macula.rpc.service import RpcService
 
-        cfg, lim = self.cfg, self.cfg.limits
-        dht = self.dht = DhtService(host, DhtConfig(
-            max_records=lim.dht_storage_entries,
-            max_bytes_per_publisher=max(64 << 10, lim.dht_storage_bytes // 64),
-            max_ttl=max(86400.0, cfg.dht.record_ttl), rpc_timeout=cfg.dht.rpc_timeout),
-            client_mode=cfg.dht.mode == "client")
+        dht = self.dht = DhtService(host, st.dht, client_mode=st.dht_client_mode)
         # the cluster state routes among members; the DHT serves everyone else
-        cluster = self.cluster = ClusterService(host, ClusterSettings.from_config(cfg))
-        router = PubSubRouter(max_subscriptions=lim.max_subscriptions,
-                              max_per_owner=lim.max_subscriptions_per_client)
+        cluster = self.cluster = ClusterService(host, st.cluster)
+        ps = st.pubsub
+        router = PubSubRouter(max_subscriptions=ps.max_subscriptions,
+                              max_per_owner=ps.max_per_client)
         interest = ClusterInterest(host, router, cluster, lambda on_view: DhtInterest(
-            host, router, dht, on_view=on_view, cache_entries=lim.cache_entries,
-            record_ttl=cfg.dht.record_ttl))
+            host, router, dht, on_view=on_view, cache_entries=ps.cache_entries,
+            record_ttl=ps.record_ttl))
         self.pubsub = PubSubService(host, router, interest,
-                                    subscriber_queue_bytes=lim.subscriber_queue_bytes,
-                                    total_queue_bytes=lim.send_buffer_total_bytes,
-                                    publish_hold=cfg.timeouts.publish_hold)
-        local = LocalProcedures()
+                                    subscriber_queue_bytes=ps.subscriber_queue_bytes,
+                                    total_queue_bytes=ps.total_queue_bytes,
+                                    publish_hold=ps.publish_hold)
+        rs = st.rpc
+        local = LocalProcedures(rs.max_procedures_per_client)
         providers = ClusterProviders(host, local, DhtProviders(
-            host, dht, cache_entries=lim.cache_entries, advertise_ttl=cfg.dht.record_ttl),
-            cluster)
-        self.rpc = RpcService(host, local, providers, max_pending=lim.max_pending_calls)
+            host, dht, cache_entries=rs.cache_entries, advertise_ttl=rs.advertise_ttl), cluster)
+        self.rpc = RpcService(host, local, providers, max_pending=rs.max_pending)
 
     async def _housekeep(self) -> None:
         from macula.runtime.memory import TRIM_INTERVAL, trim_heap

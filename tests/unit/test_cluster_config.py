@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from macula.cluster import ClusterSettings, cluster_cap, reachable_address
+from macula.cluster import cluster_cap, reachable_address
 from macula.config import load_config
 from macula.errors import ConfigError
 from macula.hw import generic_limits
+from macula.settings import cluster_settings
 from macula.wire.fields import FieldError
 from macula.wire.messages import Caps
 
@@ -24,7 +25,7 @@ def test_defaults_come_from_the_section_and_the_hardware_profile(tmp_path):
     cfg = load(tmp_path)
     assert cfg.cluster.name == "" and cfg.cluster.max_members == 10
     assert (cfg.limits.gossip_fanout, cfg.limits.gossip_interval) == (3, 0.5)   # generic profile
-    s = ClusterSettings.from_config(cfg)
+    s = cluster_settings(cfg)
     assert (s.gossip_fanout, s.gossip_interval, s.max_message_bytes) == (3, 0.5, 64 * 1024)
 
 
@@ -32,7 +33,7 @@ def test_file_and_environment_set_the_keys(tmp_path):
     cfg = load(tmp_path, '[cluster]\nname = "kitchen"\nprobe_interval = 2.0\n[limits]\ngossip_fanout = 2',
                env={"MACULA_CLUSTER_MAX_MEMBERS": "12"})
     assert (cfg.cluster.name, cfg.cluster.probe_interval, cfg.cluster.max_members) == ("kitchen", 2.0, 12)
-    assert ClusterSettings.from_config(cfg).gossip_fanout == 2
+    assert cluster_settings(cfg).gossip_fanout == 2
 
 
 @pytest.mark.parametrize("toml, expected", [
@@ -58,10 +59,10 @@ def test_the_cluster_capability_fits_the_connect_field_at_the_longest_name():
 
 def test_members_are_capped_by_the_peer_pool_and_messages_by_the_frame_size(tmp_path):
     cfg = load(tmp_path, limits={"max_peers": 8, "max_frame_bytes": 32768})
-    s = ClusterSettings.from_config(cfg)
+    s = cluster_settings(cfg)
     assert s.max_members == 9 and s.max_message_bytes == 32768
     with pytest.raises(ConfigError) as info:
-        ClusterSettings.from_config(load(tmp_path, limits={"max_frame_bytes": 4096}))
+        cluster_settings(load(tmp_path, limits={"max_frame_bytes": 4096}))
     assert "limits.max_frame_bytes" in info.value.message
 
 

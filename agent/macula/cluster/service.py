@@ -31,8 +31,7 @@ from typing import TYPE_CHECKING, Any, Callable, NamedTuple
 from macula import __version__
 from macula.cluster.core import GOSSIP_TYPES, SWIM_TYPES, ClusterCore
 from macula.cluster.events import ProvidersChanged, StateChanged, SubscriptionsChanged
-from macula.errors import ConfigError, ErrorCode
-from macula.gossip import MIN_MESSAGE_BYTES
+from macula.errors import ErrorCode
 from macula.host import PeerEvent, PeerUp
 from macula.membership import (
     MemberFailed, MemberJoined, MemberLeft, MemberRecovered, MemberSuspected,
@@ -43,7 +42,6 @@ from macula.transport.session import Session
 from macula.wire import encode
 
 if TYPE_CHECKING:
-    from macula.config import Config
     from macula.host import Host
 
 log = logging.getLogger("macula.cluster")
@@ -81,23 +79,6 @@ class ClusterSettings:
     gossip_peers: int = 4
     max_message_bytes: int = MAX_GOSSIP_MESSAGE
     hw_profile: str = ""         # told to the other members in this node's metadata
-
-    @classmethod
-    def from_config(cls, cfg: "Config") -> "ClusterSettings":
-        c, lim = cfg.cluster, cfg.limits
-        message = min(MAX_GOSSIP_MESSAGE, lim.max_frame_bytes)
-        if message < MIN_MESSAGE_BYTES:
-            raise ConfigError(f"limits.max_frame_bytes: the cluster needs at least "
-                              f"{MIN_MESSAGE_BYTES}, got {lim.max_frame_bytes}")
-        return cls(name=c.name, max_members=min(c.max_members, lim.max_peers + 1),
-                   probe_interval=c.probe_interval, probe_timeout=c.probe_timeout,
-                   suspicion_mult=c.suspicion_mult, sync_interval=c.sync_interval,
-                   anti_entropy_interval=c.anti_entropy_interval, gc_grace=c.gc_grace,
-                   metadata_interval=c.metadata_interval,
-                   max_entries_per_node=c.max_entries_per_node,
-                   gossip_interval=lim.gossip_interval, gossip_fanout=lim.gossip_fanout,
-                   gossip_peers=c.gossip_peers,
-                   max_message_bytes=message, hw_profile=cfg.hw_profile)
 
 
 def reachable_address(listen: tuple[str, int], seeds: list[tuple[str, int]]) -> tuple[str, int]:
