@@ -23,6 +23,7 @@ sys.path[:0] = [str(ROOT / "tests" / "unit"), str(ROOT / "tests"), str(ROOT / "a
 with atheris.instrument_imports(include=["macula"]):
     import macula.control.server  # noqa: F401
     import macula.identity.binding  # noqa: F401
+    import macula.transport.handshake  # noqa: F401
     import macula.transport.session  # noqa: F401
     import macula.wire  # noqa: F401
 

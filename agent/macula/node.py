@@ -29,7 +29,9 @@ from macula.identity.tofu import TOFU_FILE
 from macula.metrics import rss_bytes, start_metrics
 from macula.operations import NodeFacts, Operations
 from macula.settings import Settings, derive
-from macula.transport import Endpoint, PeerPool, Session, SessionConfig
+from macula.transport import (
+    CaTrust, Endpoint, PeerPool, Session, SessionConfig, TofuTrust, TrustPolicy,
+)
 from macula.transport.budget import ReceiveBudget
 from macula.transport.reach import AddressBook, Reach
 from macula.transport.session import PeerInfo
@@ -160,13 +162,14 @@ class Node:
             self.log_fields.node_id, self.log_fields.realm = identity.node_id.hex(), cfg.node.realm
         if cfg.tls.mode == "production":
             tls = load_production_material(cfg.tls.cert_file, cfg.tls.key_file, cfg.tls.ca_file)
-            tofu = None
+            trust: TrustPolicy = CaTrust(cfg.tls.ca_file)
         else:
             with _names_key("node.state_dir", self.state_dir):
                 tls = load_or_create_dev_material(self.state_dir, identity.node_id)
                 tofu = TofuStore(self.state_dir / TOFU_FILE, cfg.limits.pinned_peers)
             tofu.start()  # pins are written in batches off the loop from now on
             self._tofu = tofu
+            trust = TofuTrust(tofu)
         st = self.settings = derive(cfg)
         e = st.endpoint
         self.endpoint = Endpoint(tls, idle_timeout=e.idle_timeout,
@@ -183,7 +186,7 @@ class Node:
         advertise = (cfg.network.advertise_host or self.listen_address[0], self.listen_address[1])
         session_cfg = SessionConfig(
             identity=identity, tls=tls, realm=cfg.node.realm, name=self.name, role="node",
-            listen=advertise, caps=self._caps(), tofu=tofu,
+            listen=advertise, caps=self._caps(), trust=trust,
             max_frame=st.session.max_frame, send_buffer_bytes=st.session.send_buffer_bytes,
             bad_frames_per_minute=st.session.bad_frames_per_minute,
             handshake_timeout=st.session.handshake_timeout,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from dataclasses import replace
 
 import pytest
 
@@ -110,7 +111,7 @@ async def test_changed_key_for_a_pinned_name_is_refused(tmp_path):
         assert info.value.code is ErrorCode.PEER_KEY_CHANGED
         assert "macula keys forget b" in info.value.message
         # the operator forgets the pin; then the new key is accepted and pinned
-        a.pool.cfg.tofu.forget("b")
+        a.pool.cfg.trust.store.forget("b")
         session = await impostor.pool.connect("127.0.0.1", a.listen_address[1])
         assert session.peer.node_id == a.node_id
     finally:
@@ -149,7 +150,7 @@ async def test_forged_identity_signature_is_refused(tmp_path):
     victim = ephemeral_identity()
     # claims the victim's node ID and key but cannot sign with the victim's key
     cfg = SessionConfig(ident, tls, "test", "mallory", listen=ep.local_address)
-    cfg._identity_sig = ident.sign(b"anything")
+    cfg.credentials = replace(cfg.credentials, identity_sig=ident.sign(b"anything"))
     object.__setattr__(cfg, "identity", victim.__class__(ident.signer, None))
     pool = PeerPool(ep, cfg, PoolSettings())
     try:

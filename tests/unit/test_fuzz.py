@@ -27,6 +27,7 @@ from hypothesis import strategies as st
 
 from macula.errors import ErrorCode, ProtocolError, SessionRefused, close_code
 from macula.identity import TofuStore, ephemeral_dev_material, ephemeral_identity
+from macula.transport.handshake import TofuTrust
 from macula.transport.session import Session, SessionConfig, State
 from macula.wire import DEFAULT_MAX_FRAME, REGISTRY, FrameDecoder, MsgType, decode_body, encode
 from macula.wire.codec import HEADER, HEADER_SIZE, PROTOCOL_VERSION, refusal_table
@@ -246,7 +247,8 @@ class _Link:
 def _config(name: str, realm: str = "fuzz", tofu: TofuStore | None = None):
     ident = ephemeral_identity()
     tls = ephemeral_dev_material(ident.node_id)
-    return SessionConfig(ident, tls, realm, name, listen=("127.0.0.1", 9443), tofu=tofu)
+    return SessionConfig(ident, tls, realm, name, listen=("127.0.0.1", 9443),
+                         trust=TofuTrust(tofu) if tofu is not None else None)
 
 
 class _Handshake:
@@ -428,7 +430,7 @@ def test_a_second_connect_on_an_established_session_closes_it(hs):
 def test_a_connect_from_another_key_under_a_pinned_name_is_refused(hs):
     tofu = TofuStore(None, 16)
     cfg = SessionConfig(hs.acceptor_cfg.identity, hs.acceptor_cfg.tls, "fuzz", "acceptor",
-                        listen=("127.0.0.1", 9443), tofu=tofu)
+                        listen=("127.0.0.1", 9443), trust=TofuTrust(tofu))
     assert hs.accept(hs.connect, cfg=cfg).state is State.ESTABLISHED  # pins "dialer"
     impostor_cfg = _config("dialer")  # same name, another identity
     link = _Link(hs.loop, True, hs.acceptor_cfg.tls.cert_der, hs.odcid)

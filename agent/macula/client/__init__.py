@@ -27,7 +27,10 @@ from macula.identity import (
     load_or_create_dev_material, load_or_create_identity, load_production_material,
 )
 from macula.pubsub.topics import validate_pattern, validate_topic
-from macula.transport import Endpoint, PeerPool, PoolSettings, Session, SessionConfig, State
+from macula.transport import (
+    CaTrust, Endpoint, PeerPool, PoolSettings, Session, SessionConfig, State, TofuTrust,
+    TrustPolicy,
+)
 from macula.wire.fields import FieldError
 from macula.wire.messages import (
     REGISTRY, Call, Deliver, Error, MsgType, Ping, Publish, PubsubFlow, Register, Reply,
@@ -380,22 +383,24 @@ async def connect(address: str, *, realm: str = "default", name: str = "client",
     Production: pass cert_file, key_file and ca_file.
     """
     host, port = parse_address(address, 9443)
-    tofu = None
+    trust: TrustPolicy | None = None  # None: what the TLS material implies
     if cert_file and key_file and ca_file:
         identity = load_or_create_identity(state_dir) if state_dir else ephemeral_identity()
         tls = load_production_material(cert_file, key_file, ca_file)
+        trust = CaTrust(ca_file)
     elif state_dir:
         identity = load_or_create_identity(state_dir)
         tls = tls or load_or_create_dev_material(state_dir, identity.node_id)
-        from pathlib import Path
+        if tls.mode != "production":  # production material is checked by its CA, not pinned
+            from pathlib import Path
 
-        tofu = TofuStore(Path(state_dir) / "known_nodes.json", 256)
+            trust = TofuTrust(TofuStore(Path(state_dir) / "known_nodes.json", 256))
     else:
         identity = ephemeral_identity()
         tls = tls or ephemeral_dev_material(identity.node_id)
     endpoint = Endpoint(tls)
     endpoint.bind("::" if ":" in host else "0.0.0.0", 0)
-    cfg = SessionConfig(identity, tls, realm, name, role="client", caps=("client",), tofu=tofu,
+    cfg = SessionConfig(identity, tls, realm, name, role="client", caps=("client",), trust=trust,
                         send_buffer_bytes=send_buffer_bytes, handshake_timeout=timeout)
     pool = PeerPool(endpoint, cfg, PoolSettings(max_peers=1, max_clients=0, keepalive=15.0,
                                                 connect_timeout=timeout))

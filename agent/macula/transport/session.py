@@ -1,10 +1,11 @@
 """A session: a QUIC link after CONNECT / CONNECTED, carrying validated frames.
 
 The dialer sends CONNECT as its first frame; the acceptor checks version, realm,
-identity binding, certificate (production) or pin (development) and answers
-CONNECTED, or an ERROR frame and a close code. Nothing but CONNECT / CONNECTED /
-ERROR is accepted before that. After it, PING / PONG / GOAWAY / ERROR are handled
-here and everything else goes to the owner's ``on_message``.
+identity binding and trust (the settings' TrustPolicy: a CA in production, pins in
+development) and answers CONNECTED, or an ERROR frame and a close code. Those decisions
+are transport/handshake.py's; sending them, timers and closing are here. Nothing but
+CONNECT / CONNECTED / ERROR is accepted before that. After it, PING / PONG / GOAWAY /
+ERROR are handled here and everything else goes to the owner's ``on_message``.
 
 Bad frames never raise: a fatal one (framing lost) closes the session with its
 code; a non-fatal one gets an ERROR frame back, and a peer that keeps sending them
@@ -19,25 +20,24 @@ import logging
 import os
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable
 
 from macula.errors import CLOSE_CODE_BASE, ErrorCode, ProtocolError, SessionRefused, close_code
-from macula.identity import Identity, TlsMaterial, TofuStore
-from macula.identity.binding import (
-    bind_message, check_chain, check_dialer_binding, check_identity, identity_message,
-)
-from macula.identity.crypto import cert_public_key
+from macula.identity import Identity, TlsMaterial
 from macula.runtime.clock import MonotonicClock
 from macula.runtime.ratelimit import TokenBucket
+from macula.transport import handshake
 from macula.transport.budget import ReceiveBudget
+from macula.transport.handshake import (
+    MAX_FRAME_CAP, LocalCredentials, PeerInfo, TrustPolicy, default_trust,
+)
 from macula.transport.quic import QuicLink
-from macula.wire import HEADER_SIZE, PROTOCOL_VERSION, FrameDecoder, encode
+from macula.wire import HEADER_SIZE, FrameDecoder, encode
 from macula.wire.codec import refusal_table, type_name
 from macula.wire.messages import Connect, Connected, Error, GoAway, MsgType, Ping, Pong
 
 log = logging.getLogger("macula.session")
 PIPELINE_EVERY = 8  # frames dispatched between looks at what other links have ready
-MAX_FRAME_CAP = "max_frame:"  # CONNECT cap: the largest frame body this side accepts
 BACKLOG_FRAMES = 4  # a peer not reading: frames of max size held for it before it is cut
 _HANDSHAKE_TYPES = (MsgType.CONNECT, MsgType.CONNECTED, MsgType.ERROR)
 _SESSION_WIRE_TYPES = (MsgType.PING, MsgType.PONG, MsgType.GOAWAY, MsgType.ERROR)
@@ -73,7 +73,9 @@ class SessionConfig:
     role: str = "node"                        # "node" or "client"
     listen: tuple[str, int] | None = None
     caps: tuple[str, ...] = ()
-    tofu: TofuStore | None = None             # development mode pins
+    # whom to trust beyond the identity proofs; None: default_trust(tls) (the CA in
+    # production, the proofs alone in development)
+    trust: TrustPolicy = None  # type: ignore[assignment]
     max_frame: int = 1 << 20
     send_buffer_bytes: int = 1 << 20
     bad_frames_per_minute: int = 60
@@ -88,43 +90,17 @@ class SessionConfig:
     # from its handlers, by the peer's role and caps
     accepts: Callable[["PeerInfo"], Any] | None = None
     boot: bytes = field(default_factory=lambda: os.urandom(8))  # tells restarts from races
-    _identity_sig: bytes = field(default=b"", repr=False)
-    _cert_key: bytes = field(default=b"", repr=False)
+    credentials: LocalCredentials = field(init=False, repr=False)  # from identity and tls
 
     def __post_init__(self) -> None:
         if not any(c.startswith(MAX_FRAME_CAP) for c in self.caps):
             self.caps = (*self.caps, f"{MAX_FRAME_CAP}{self.max_frame}")
-        self._cert_key = cert_public_key(self.tls.cert_der)
-        self._identity_sig = self.identity.sign(identity_message(self._cert_key))
+        if self.trust is None:
+            self.trust = default_trust(self.tls)
+        self.credentials = LocalCredentials.of(self.identity, self.tls)
 
 
 _SESSION_TYPES = frozenset({Ping, Pong, GoAway, Error, Connect, Connected})
-
-
-class PeerInfo(NamedTuple):
-    node_id: bytes
-    name: str
-    realm: str
-    role: str
-    listen: tuple[str, int] | None
-    identity_key: bytes
-    caps: tuple[str, ...]
-    address: tuple[str, int]        # the address this link talks to
-    boot: bytes = b""               # the peer's process-start id
-    @property
-    def short_id(self) -> str:
-        return self.node_id.hex()[:12]
-
-    @property
-    def max_frame(self) -> int | None:
-        """The largest frame body the peer accepts (None: it did not say)."""
-        for cap in self.caps:
-            if cap.startswith(MAX_FRAME_CAP):
-                try:
-                    return int(cap[len(MAX_FRAME_CAP):])
-                except ValueError:
-                    return None
-        return None
 
 
 class State(Enum):
@@ -200,74 +176,28 @@ class Session:
     def _on_handshake(self) -> None:
         if not self.dialer:
             return
-        cfg = self.cfg
-        peer_cert = self.link.peer_cert_der()
-        if peer_cert is None:
-            self._refuse(SessionRefused("peer presented no certificate",
-                                        code=ErrorCode.CERT_REJECTED), send_error=False)
+        link = self.link
+        try:
+            connect = handshake.build_connect(self.cfg, link.odcid, link.peer_cert_der())
+        except SessionRefused as err:
+            self._refuse(err, send_error=False)
             return
-        cert_sig = cfg.tls.signer.sign(bind_message(self.link.odcid, cert_public_key(peer_cert)))
-        self._send_control(Connect(
-            PROTOCOL_VERSION, cfg.identity.node_id, cfg.realm, cfg.role, cfg.name, cfg.listen,
-            cfg.identity.public_key, cfg._identity_sig, cfg.tls.cert_der, cert_sig,
-            cfg.tls.chain_der, cfg.caps, cfg.boot))
+        self._send_control(connect)
 
     def _handle_connect(self, msg: Connect) -> None:
-        cfg = self.cfg
-        if msg.version != PROTOCOL_VERSION:
-            raise SessionRefused(f"protocol version {msg.version} is not {PROTOCOL_VERSION}",
-                                 code=ErrorCode.VERSION_MISMATCH)
-        if msg.realm != cfg.realm:
-            raise SessionRefused(f"realm {msg.realm!r} is not this node's realm {cfg.realm!r}",
-                                 code=ErrorCode.REALM_MISMATCH)
-        if msg.role == "node" and msg.listen is None:
-            raise SessionRefused("a node must say where it listens", code=ErrorCode.BAD_FIELD)
-        check_identity(msg.node_id, msg.identity_key, msg.identity_sig, msg.cert)
-        check_dialer_binding(msg.cert, msg.cert_sig, self.link.odcid, cfg._cert_key)
-        self._check_trust(msg.cert, list(msg.chain), msg.name, msg.identity_key,
-                          pin=msg.role == "node")
-        addr = self.link.remote_addr
-        self.peer = PeerInfo(msg.node_id, msg.name, msg.realm, msg.role,
-                             _reachable(msg.listen, addr), msg.identity_key,
-                             tuple(msg.caps), (_plain_host(addr[0]), addr[1]), msg.boot)
+        self.peer = handshake.accept_connect(self.cfg, msg, self.link.odcid,
+                                             self.link.remote_addr)
         self._on_admit(self)  # before CONNECTED: a refused dialer never sees success
-        self._send_control(Connected(
-            PROTOCOL_VERSION, cfg.identity.node_id, cfg.realm, cfg.name, cfg.listen,
-            cfg.identity.public_key, cfg._identity_sig, (_plain_host(addr[0]), addr[1]), cfg.caps,
-            cfg.boot))
+        self._send_control(handshake.build_connected(self.cfg, self.peer))
         self._establish()
 
     def _handle_connected(self, msg: Connected) -> None:
-        cfg = self.cfg
-        if msg.version != PROTOCOL_VERSION:
-            raise SessionRefused(f"protocol version {msg.version} is not {PROTOCOL_VERSION}",
-                                 code=ErrorCode.VERSION_MISMATCH)
-        if msg.realm != cfg.realm:
-            raise SessionRefused(f"realm {msg.realm!r} is not this node's realm {cfg.realm!r}",
-                                 code=ErrorCode.REALM_MISMATCH)
         peer_cert = self.link.peer_cert_der()
         assert peer_cert is not None  # checked at handshake
-        check_identity(msg.node_id, msg.identity_key, msg.identity_sig, peer_cert)
-        # production: qh3 verified the chain in the TLS handshake (CERT_REQUIRED + cafile)
-        self._check_trust(None, [], msg.name, msg.identity_key, pin=True)
-        addr = self.link.remote_addr
-        self.peer = PeerInfo(msg.node_id, msg.name, msg.realm, "node",
-                             _reachable(msg.listen, addr), msg.identity_key,
-                             tuple(msg.caps), (_plain_host(addr[0]), addr[1]), msg.boot)
+        self.peer = handshake.accept_connected(self.cfg, msg, peer_cert, self.link.remote_addr)
         self.observed_address = tuple(msg.observed)
         self._on_admit(self)
         self._establish()
-
-    def _check_trust(self, cert: bytes | None, chain: list[bytes], name: str, key: bytes,
-                     pin: bool) -> None:
-        """Production: the CA decides. Development: nodes are pinned by name on first use
-        (light clients are often ephemeral identities under one name: never pinned)."""
-        cfg = self.cfg
-        if cfg.tls.mode == "production":
-            if cert is not None:
-                check_chain(cert, chain, cfg.tls.ca_file or "")
-        elif cfg.tofu is not None and pin:
-            cfg.tofu.check_and_pin(cfg.realm, name, key)
 
     def _establish(self) -> None:
         self._timeout.cancel()
@@ -395,11 +325,7 @@ class Session:
         elif t is Connected and self.dialer:
             self._handle_connected(msg)
         elif t is Error:
-            try:
-                code = ErrorCode(msg.code)
-            except ValueError:
-                code = ErrorCode.PROTOCOL_VIOLATION
-            self._refuse(SessionRefused(f"peer refused: {msg.message}", code=code), send_error=False)
+            self._refuse(handshake.refused_by_peer(msg), send_error=False)
         else:
             raise SessionRefused(f"{t.__name__.upper()} before CONNECT", code=ErrorCode.NOT_CONNECTED)
 
@@ -641,18 +567,3 @@ def _refusals(accepted: frozenset[int]) -> list[ProtocolError | None]:
 def _not_served(t: int) -> ProtocolError:
     return ProtocolError(f"{type_name(t)} is not served by this node on this session",
                          code=ErrorCode.UNKNOWN_TYPE, msg_type=t)
-
-
-def _reachable(listen: tuple | None, remote_addr: tuple) -> tuple[str, int] | None:
-    """A listen address of 0.0.0.0 / :: means "where you see me": use the source IP."""
-    if listen is None:
-        return None
-    host, port = listen
-    if host in ("0.0.0.0", "::"):
-        host = _plain_host(remote_addr[0])
-    return host, port
-
-
-def _plain_host(host: str) -> str:
-    """'::ffff:1.2.3.4' (a v4 peer on a dual-stack socket) -> '1.2.3.4'."""
-    return host[7:] if host.startswith("::ffff:") else host
