@@ -178,3 +178,24 @@ def test_one_node_cut_off_then_healed_converges_with_both_sides_changes() -> Non
             assert core.providers(f"svc.{i}") == (() if owner == n else (owner,))
         assert core.providers("svc.minor") == (() if n == p else (p,))
         assert core.providers("svc.major") == (() if n == major[0] else (major[0],))
+
+
+def test_a_feature_registers_its_own_replicated_map_and_it_is_cleaned_up_with_its_owner() -> None:
+    net, ids = make(3, seed=7)
+    for nid in ids:
+        net.cores[nid].register_map("apps")
+    act(net, ids[1], lambda c, now: c.set_local_entries("apps", {"cam": [b"v1"], "log": [b"v2"]},
+                                                        now))
+    run_until(net, lambda: net.cores[ids[0]].entries("apps") == {ids[1]: {"cam": (b"v1",),
+                                                                           "log": (b"v2",)}}, 10)
+    assert net.cores[ids[2]].entries("apps") == net.cores[ids[0]].entries("apps")
+    assert net.cores[ids[1]].entries("apps") == {}     # one's own entries are not a view
+    act(net, ids[1], lambda c, now: c.set_local_entries("apps", {"cam": [b"v3"]}, now))
+    run_until(net, lambda: net.cores[ids[0]].entries("apps") == {ids[1]: {"cam": (b"v3",)}}, 10)
+    act(net, ids[1], lambda c, now: c.leave(now))
+    net.run_for(0.05)
+    net.down.add(ids[1])
+    rest = (ids[0], ids[2])
+    assert all(net.cores[n].entries("apps") == {} for n in rest)   # hidden at once
+    # and deleted, not only hidden
+    run_until(net, lambda: all(net.cores[n].state.owners() == set(rest) for n in rest), 2)

@@ -40,7 +40,9 @@ from typing import Any, Callable, Iterable
 from macula.cluster.events import (
     ClusterStats, ProvidersChanged, StateChanged, SubscriptionsChanged,
 )
-from macula.cluster.state import NAMES, ProviderView, SubscriptionView, ClusterState
+from macula.cluster.state import (
+    MAX_FEATURE_MAPS, NAMES, ClusterState, ProviderView, SubscriptionView,
+)
 from macula.crdt import ClockSkew
 from macula.gossip import GossipCore, InputRejected, ReplicaChanged
 from macula.membership import (
@@ -84,7 +86,7 @@ class ClusterCore:
         self.gossip = GossipCore(replica_id, rng, interval=gossip_interval, fanout=fanout,
                                  anti_entropy_interval=anti_entropy_interval,
                                  max_message_bytes=max_message_bytes, max_log_bytes=max_log_bytes,
-                                 max_names=len(NAMES), max_peers=max_members, max_events=max_events)
+                                 max_names=len(NAMES) + MAX_FEATURE_MAPS, max_peers=max_members, max_events=max_events)
         self.state = ClusterState(node_id, replica_id, max_entries_per_node=max_entries_per_node)
         for name, replica in self.state.replicas.items():
             self.gossip.register(name, replica)
@@ -116,9 +118,23 @@ class ClusterCore:
         self.swim.handle_timer(now)
         self.gossip.handle_timer(now)
         self._next_sweep = now + self.sweep_interval
-        for name in NAMES:
+        for name in self.state.names:
             self._fix(name, now)
         self._settle(now)
+
+    def register_map(self, name: str) -> None:
+        """A feature's own replicated map (cluster/state.py); gossiped like the others."""
+        self.gossip.register(name, self.state.register_map(name))
+
+    def set_local_entries(self, name: str, entries: dict[str, Iterable[bytes]],
+                          now: float) -> None:
+        """This node's entries in feature map ``name`` (key -> payloads)."""
+        self.state.want_entries(name, entries)
+        self._publish(name, now)
+
+    def entries(self, name: str) -> dict[bytes, dict[str, tuple[bytes, ...]]]:
+        """The live members' entries in feature map ``name``: owner -> key -> payloads."""
+        return self.state.entries(name, self._live)
 
     def set_metadata(self, meta: dict[str, Any], now: float) -> None:
         self.state.want_metadata(meta)
@@ -253,7 +269,7 @@ class ClusterCore:
         """Send our own entries again as one delta per name: what was written while
         this node had no members left the delta log at once (no one to wait for), and
         a peer that pulled it from us does not pass on what it pulled."""
-        for name in NAMES:
+        for name in self.state.names:
             try:
                 mutate = self.state.republish(name, self._wall_ms(now))
             except ClockSkew:
@@ -378,7 +394,7 @@ class ClusterCore:
 
     def _remove(self, owner: bytes, now: float) -> None:
         removed = False
-        for name in NAMES:
+        for name in self.state.names:
             mutate = self.state.removal(name, owner)
             if mutate is not None:
                 self.gossip.update(name, mutate, now)

@@ -161,6 +161,23 @@ class ClusterService:
         if self._metadata_timer is not None:
             self._metadata_timer.cancel()
 
+    # ---- replicated state of features ---------------------------------------------------
+    def register_map(self, name: str) -> None:
+        """A feature's own replicated map (cluster/state.py); StateChanged(name) events
+        (``on_state_changed``) say when it changed."""
+        self.core.register_map(name)
+
+    def set_local_entries(self, name: str, entries: dict[str, Any]) -> None:
+        """This node's entries in feature map ``name``: key -> payloads (bytes)."""
+        if self._stopped:
+            return
+        self.core.set_local_entries(name, entries, self._loop.time())
+        self._flush()
+
+    def entries(self, name: str) -> dict[bytes, dict[str, tuple[bytes, ...]]]:
+        """What the live members publish in feature map ``name``: owner -> key -> payloads."""
+        return self.core.entries(name)
+
     # ---- the API for routing ------------------------------------------------------------
     def set_local_subscriptions(self, patterns: list[RemotePattern]) -> None:
         """This node's subscriptions as the cluster should route to them (replaces the

@@ -1,6 +1,6 @@
 """Cluster state on CRDTs: what each member publishes, and the views built from it (pure).
 
-Three replicated maps, gossiped under these names:
+Three replicated maps of its own, gossiped under these names:
 
 - ``nodes``: OR-Map node ID (hex) -> LWW register holding the node's metadata
   ``{"name", "hw", "version", "load"}``;
@@ -14,6 +14,12 @@ it again after every merge is what repairs the node's entries when others remove
 (a false failure, the far side of a partition) or when a previous boot left some behind.
 The one exception is cleanup: ``removal(name, owner)`` deletes a departed member's
 entries so the state does not grow with every node that ever joined.
+
+Features register maps of their own (``register_map``: the app registry, the
+controller's desired state): OR-Map key -> OR-Set of elements ``node ID + payload``, so
+each entry has an owner. A node says what it publishes in one (``want_entries``), reads
+the live members' entries (``entries``), and gets the same repair, republishing, cap
+and cleanup as the built-in maps.
 
 Views (who serves a procedure, who subscribes to what) only count live members, so a
 member leaves every view the moment the failure detector says it failed, long before
@@ -36,6 +42,7 @@ NODES = "nodes"
 PROCEDURES = "procedures"
 SUBSCRIPTIONS = "subscriptions"
 NAMES = (NODES, PROCEDURES, SUBSCRIPTIONS)
+MAX_FEATURE_MAPS = 8     # maps features may register besides the three above
 
 NODE_ID_BYTES = 32
 MAX_GROUP_CHARS = 64
@@ -71,8 +78,12 @@ def parse_subscription(element: Any) -> tuple[bytes, str | None, int] | None:
 def _owner_of(name: str, element: Any) -> bytes | None:
     if name == PROCEDURES:
         return element if type(element) is bytes and len(element) == NODE_ID_BYTES else None
-    parsed = parse_subscription(element)
-    return None if parsed is None else parsed[0]
+    if name == SUBSCRIPTIONS:
+        parsed = parse_subscription(element)
+        return None if parsed is None else parsed[0]
+    # a feature's map: node ID + payload
+    return element[:NODE_ID_BYTES] if type(element) is bytes and len(element) > NODE_ID_BYTES \
+        else None
 
 
 def _node_key(key: str) -> bytes | None:
@@ -110,11 +121,43 @@ class ClusterState:
         self._wanted_subscriptions: list[tuple[str, bytes]] = []
         self._procedures: frozenset[str] = frozenset()          # published (within the cap)
         self._subscriptions: dict[str, frozenset[bytes]] = {}
+        self._features: dict[str, dict[str, frozenset[bytes]]] = {}   # name -> key -> own elements
         self.local_refused = 0    # own entries beyond max_entries_per_node, not published
+        self.feature_refused: dict[str, int] = {}   # the same per feature map
         self.over_cap = 0         # others' entries beyond the cap in the last view built
         self.malformed = 0        # others' malformed entries in the last view built
 
+    @property
+    def names(self) -> tuple[str, ...]:
+        return NAMES + tuple(self._features)
+
+    def register_map(self, name: str) -> ORMap:
+        """A feature's own replicated map (see the module docstring); its replica."""
+        if name in self.replicas:
+            raise StateError(f"replicated map {name!r} exists already")
+        if len(self._features) >= MAX_FEATURE_MAPS:
+            raise StateError(f"at most {MAX_FEATURE_MAPS} feature maps")
+        replica = self.replicas[name] = ORMap(ORSet)
+        self._features[name] = {}
+        return replica
+
     # ---- what this node publishes -------------------------------------------------------
+    def want_entries(self, name: str, entries: dict[str, Iterable[bytes]]) -> None:
+        """This node's entries in feature map ``name``: key -> payloads (replaces the
+        previous ones). At most ``max_entries_per_node`` are published; the rest are
+        counted in ``local_refused``."""
+        if name not in self._features:
+            raise StateError(f"no feature map {name!r}")
+        me, room, out, refused = self.node_id, self.max_entries_per_node, {}, 0
+        for key in sorted(entries):
+            elements = sorted(me + bytes(p) for p in entries[key])
+            kept, room = elements[:max(0, room)], room - len(elements)
+            refused += len(elements) - len(kept)
+            if kept:
+                out[key] = frozenset(kept)
+        self._features[name] = out
+        self.feature_refused[name] = refused
+
     def want_metadata(self, meta: dict[str, Any]) -> None:
         self._meta = freeze_value(meta, StateError)[0]
 
@@ -156,7 +199,14 @@ class ClusterState:
             meta, clock = self._meta, self.hlc
             return lambda m: m.update(rid, self._key, lambda reg: reg.set(meta, clock, wall_ms))
         edits: list[tuple[str, str, bytes]] = []   # (op, key, element)
-        if name == PROCEDURES:
+        if name in self._features:
+            wanted = self._features[name]
+            have_by_key = self._own_elements(name)
+            for key in sorted(have_by_key.keys() | wanted.keys()):
+                have, want = have_by_key.get(key, frozenset()), wanted.get(key, frozenset())
+                edits += [("add", key, e) for e in sorted(want - have)]
+                edits += [("remove", key, e) for e in sorted(have - want)]
+        elif name == PROCEDURES:
             me = self.node_id
             have = {key for key in replica if me in replica.get(key)}
             edits += [("add", key, me) for key in sorted(self._procedures - have)]
@@ -180,7 +230,10 @@ class ClusterState:
                 return None
             meta, clock = self._meta, self.hlc
             return lambda m: m.update(rid, self._key, lambda reg: reg.set(meta, clock, wall_ms))
-        if name == PROCEDURES:
+        if name in self._features:
+            own = self._features[name]
+            edits = [("add", key, e) for key in sorted(own) for e in sorted(own[key])]
+        elif name == PROCEDURES:
             edits = [("add", key, me) for key in sorted(self._procedures)]
         else:
             edits = [("add", key, e) for key in sorted(self._subscriptions)
@@ -188,7 +241,10 @@ class ClusterState:
         return self._set_edits(edits) if edits else None
 
     def _own_subscriptions(self) -> dict[str, frozenset[bytes]]:
-        me, replica = self.node_id, self.replicas[SUBSCRIPTIONS]
+        return self._own_elements(SUBSCRIPTIONS)
+
+    def _own_elements(self, name: str) -> dict[str, frozenset[bytes]]:
+        me, replica = self.node_id, self.replicas[name]
         out = {}
         for key in replica:
             mine = frozenset(e for e in replica.get(key) if type(e) is bytes and e[:NODE_ID_BYTES] == me
@@ -211,7 +267,7 @@ class ClusterState:
     def owners(self) -> set[bytes]:
         """Every node with entries in the state (this one included)."""
         out = {n for n in map(_node_key, self.replicas[NODES]) if n is not None}
-        for name in (PROCEDURES, SUBSCRIPTIONS):
+        for name in (PROCEDURES, SUBSCRIPTIONS, *self._features):
             replica = self.replicas[name]
             for key in replica:
                 out.update(o for o in map(lambda e: _owner_of(name, e), replica.get(key))
@@ -232,6 +288,24 @@ class ClusterState:
         return self._set_edits(edits) if edits else None
 
     # ---- views ------------------------------------------------------------------------
+    def entries(self, name: str, live: set[bytes]) -> dict[bytes, dict[str, tuple[bytes, ...]]]:
+        """Feature map ``name`` as live members other than this node publish it:
+        owner -> key -> payloads, each owner counting for at most max_entries_per_node."""
+        me, cap = self.node_id, self.max_entries_per_node
+        replica = self.replicas[name]
+        out: dict[bytes, dict[str, list[bytes]]] = {}
+        used: dict[bytes, int] = {}
+        for key in sorted(replica):
+            for e in sorted(replica.get(key), key=_sort_key):
+                owner = _owner_of(name, e)
+                if owner is None or owner == me or owner not in live:
+                    continue
+                if used.get(owner, 0) >= cap:
+                    continue
+                used[owner] = used.get(owner, 0) + 1
+                out.setdefault(owner, {}).setdefault(key, []).append(e[NODE_ID_BYTES:])
+        return {o: {k: tuple(v) for k, v in keys.items()} for o, keys in out.items()}
+
     def metadata(self, node_id: bytes) -> dict[str, Any] | None:
         value = self.replicas[NODES].get(node_id.hex())
         return dict(value) if isinstance(value, dict) else None
