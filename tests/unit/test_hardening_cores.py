@@ -89,26 +89,48 @@ def test_bridge_rpc_with_a_bounded_any_value_round_trips():
     assert decode_body(MsgType.BRIDGE_RPC, encode(msg)[8:]) == msg
 
 
-def test_one_read_serves_small_established_batches_first_and_handshakes_last():
-    """A request read behind a flooder's burst is handled, and what it caused is sent,
-    before the burst; new connections (milliseconds of handshake CPU each) come last."""
+def test_one_read_serves_small_established_batches_first_and_handshakes_later():
+    """A request read behind a flooder's burst is handled before the burst; new
+    connections (milliseconds of handshake CPU each) wait for turns of their own."""
     from types import SimpleNamespace
 
     from macula.transport.quic import Endpoint
 
     done: list = []
+    deferred: list = []
     fake = SimpleNamespace(_deliver=lambda link, addr, items: done.append(link.name),
-                           _flush=lambda: done.append("flush"))
+                           _defer_handshake=lambda link, batch: deferred.append(link.name))
+
     class Link:
         def __init__(self, name: str, half_open: bool = False) -> None:
             self.name, self._half_open = name, half_open
 
-    link = Link
-    flood, new, honest, other = link("flood"), link("new", True), link("honest"), link("other")
+    flood, new, honest, other = Link("flood"), Link("new", True), Link("honest"), Link("other")
     batches = {flood: ["a", *["burst"] * 30], new: ["a", "hello"],
                honest: ["a", "call"], other: ["a", "x", "y"]}
     Endpoint._deliver_fairly(fake, batches)
-    assert done == ["honest", "other", "flood", "flush", "new"]
-    done.clear()
-    Endpoint._deliver_fairly(fake, {flood: ["a", "b", "c"], honest: ["a", "call"]})
-    assert done == ["honest", "flood"]   # no handshake: no extra flush
+    assert done == ["honest", "other", "flood"] and deferred == ["new"]
+
+
+async def test_new_connections_get_one_loop_turn_each_and_a_bounded_wait():
+    import asyncio
+
+    from macula.identity import ephemeral_dev_material, ephemeral_identity
+    from macula.transport import quic
+    from macula.transport.quic import Endpoint
+
+    ep = Endpoint(ephemeral_dev_material(ephemeral_identity().node_id))
+    ep.bind("127.0.0.1", 0)
+    turns: list = []
+    ep._deliver = lambda link, addr, items: turns.append(link)
+    ep._flush = lambda: None
+    try:
+        links = [object() for _ in range(quic.DEFERRED_HANDSHAKES + 5)]
+        for link in links:
+            ep._defer_handshake(link, [("127.0.0.1", 1), b"x"])
+        assert ep.stats["handshake_datagrams_dropped"] == 5    # past the bound
+        for i in range(3):   # one link per loop turn, in order
+            await asyncio.sleep(0)
+            assert turns == links[:i + 1]
+    finally:
+        ep.close()

@@ -31,6 +31,7 @@ import os
 import socket
 import ssl
 import sys
+from collections import deque
 from typing import Callable
 
 from qh3.quic.configuration import QuicConfiguration
@@ -56,6 +57,11 @@ MAX_DATAGRAM_SIZE = 1452     # Ethernet MTU minus IPv4/UDP headers; qh3 defaults
 MAX_DATAGRAM_FRAME_SIZE = 65536  # qh3 always advertises datagrams: say how large
 PIPELINE_BYTES = 768        # a link with this much queued is sent mid-batch (flush_ready)
 RECV_BATCH = 32             # reads per readiness callback: bursts are bounded so ACKs flow
+# New connections' datagrams wait for a loop turn of their own, one link per turn: a
+# handshake costs milliseconds of CPU, and a burst of them handled back to back would
+# hold every established peer's frames that long. Past the bound they are dropped
+# (QUIC resends them).
+DEFERRED_HANDSHAKES = 64
 RECV_BUFFER = 1 << 16       # one GRO buffer holds up to 64 KiB
 SOL_UDP = 17                # Linux UDP-level options (the socket module lacks the names)
 UDP_SEGMENT = 103           # GSO: send equal-sized datagrams in one syscall
@@ -324,8 +330,13 @@ class Endpoint:
         self.stats = {"quic_errors": 0, "datagrams_in": 0, "datagrams_out": 0, "send_dropped": 0,
                       "unknown_cid": 0, "accept_refused": 0, "gso_sends": 0, "gro_receives": 0,
                       "icmp_unreachable": 0, "unreachable_probes": 0, "unreachable_closed": 0,
-                      "retries_sent": 0, "retry_bad_token": 0, "source_refused": 0}
+                      "retries_sent": 0, "retry_bad_token": 0, "source_refused": 0,
+                      "handshake_datagrams_dropped": 0}
         self._recverr = False
+        self._rbuf = bytearray(RECV_BUFFER)
+        self._handshakes: deque[tuple[QuicLink, tuple, list]] = deque()
+        self._handshake_turn: asyncio.Handle | None = None
+        self._rview = memoryview(self._rbuf)
 
     # -- configuration -------------------------------------------------------------
     def _make_config(self, is_client: bool, server_name: str | None = None) -> QuicConfiguration:
@@ -500,15 +511,19 @@ class Endpoint:
         if sock is None:
             return
         gro = self._gro
+        buf, view = self._rbuf, self._rview
         # link -> [addr, item, item, ...]; an item is a datagram, or (buffer, segment size)
         batches: dict[QuicLink, list] = {}
         for i in range(RECV_BATCH):
             try:
+                # into one reused buffer, then an exact-size copy: recvmsg(64 KiB) would
+                # malloc 64 KiB per datagram and shrink it, which fragments the heap
                 if gro:
-                    data, anc, _flags, addr = sock.recvmsg(RECV_BUFFER, _GRO_CMSG_SPACE)
+                    n, anc, _flags, addr = sock.recvmsg_into((buf,), _GRO_CMSG_SPACE)
                 else:
-                    data, addr = sock.recvfrom(RECV_BUFFER)
+                    n, addr = sock.recvfrom_into(buf)
                     anc = None
+                data = bytes(view[:n])
             except (BlockingIOError, InterruptedError):
                 if i == 0 and self._recverr:  # woken with nothing to read: errors queued
                     self._read_errors()
@@ -550,7 +565,10 @@ class Endpoint:
             return
         if len(batches) == 1:
             for link, batch in batches.items():
-                self._deliver(link, batch[0], batch[1:])
+                if link._half_open:
+                    self._defer_handshake(link, batch)
+                else:
+                    self._deliver(link, batch[0], batch[1:])
         else:
             self._deliver_fairly(batches)
         self._flush()
@@ -558,20 +576,36 @@ class Endpoint:
     def _deliver_fairly(self, batches: dict) -> None:
         """One read holds datagrams of several links: the small batches of established
         links first (a request behind a flooder's burst is handled, and its answer sent,
-        before the burst), then new connections, whose handshakes cost milliseconds of
-        CPU each and so come after what is already flowing."""
-        flowing = [(len(b), i, link) for i, (link, b) in enumerate(batches.items())
-                   if not link._half_open]
+        before the burst); new connections wait for turns of their own."""
+        flowing = []
+        for i, (link, b) in enumerate(batches.items()):
+            if link._half_open:
+                self._defer_handshake(link, b)
+            else:
+                flowing.append((len(b), i, link))
         flowing.sort()
         for _n, _i, link in flowing:
             batch = batches[link]
             self._deliver(link, batch[0], batch[1:])
-        if len(flowing) < len(batches):
-            if flowing:
-                self._flush()
-            for link, batch in batches.items():
-                if link._half_open:
-                    self._deliver(link, batch[0], batch[1:])
+
+    def _defer_handshake(self, link: QuicLink, batch: list) -> None:
+        if len(self._handshakes) >= DEFERRED_HANDSHAKES:
+            self.stats["handshake_datagrams_dropped"] += len(batch) - 1
+            return
+        self._handshakes.append((link, batch[0], batch[1:]))
+        if self._handshake_turn is None:
+            self._handshake_turn = self.loop.call_soon(self._next_handshake)
+
+    def _next_handshake(self) -> None:
+        """One new connection's datagrams per loop turn (see DEFERRED_HANDSHAKES)."""
+        self._handshake_turn = None
+        if not self._handshakes or self._sock is None:
+            return
+        link, addr, items = self._handshakes.popleft()
+        self._deliver(link, addr, items)
+        self._flush()
+        if self._handshakes:
+            self._handshake_turn = self.loop.call_soon(self._next_handshake)
 
     def _read_errors(self) -> None:
         """Drain the socket's error queue (it keeps the socket readable until empty)."""
@@ -743,6 +777,10 @@ class Endpoint:
 
     def close(self) -> None:
         """Close every connection (already drained by the owner) and the socket."""
+        if self._handshake_turn is not None:
+            self._handshake_turn.cancel()
+            self._handshake_turn = None
+        self._handshakes.clear()
         for link in list(self._links):
             link.close(0, "endpoint closing")
         self._flush()

@@ -162,6 +162,8 @@ class Reach:
     def can_dial(self, node_id: bytes, address: Address | None, when_full: bool) -> bool:
         if self._closed or node_id in self._dials:
             return not self._closed
+        if len(self._dials) >= self.book.max_entries:   # bounded: destinations being dialled
+            return False
         if self.backing_off(node_id):
             self.stats["backed_off"] += 1
             return False
