@@ -301,3 +301,16 @@ def test_outbox_drops_oldest_past_its_own_bound_and_the_node_budget():
         assert budget.used == 0 and a.dropped == 5 and b.dropped == 6
 
     asyncio.run(scenario())
+
+
+def test_ttl_cache_written_to_shrinks_back_to_its_live_entries_without_a_sweep():
+    clock = ManualClock()
+    cache = TTLCache(10_000, 1.0, clock)
+    for i in range(1000):   # churn: names used once (per-cycle topics, procedures)
+        cache.set(f"old-{i}", i)
+    clock.advance(2.0)      # all of them expired, nobody reads them
+    for i in range(600):
+        cache.set(f"new-{i}", i)
+    # every insert took up to two expired entries with it: 1000 old ones gone in 500
+    assert len(cache) == 600 and cache.expirations == 1000
+    assert all(cache.get(f"new-{i}") == i for i in range(600))

@@ -117,9 +117,17 @@ class DhtInterest:
             await asyncio.gather(*(self._fetch(p) for p in missing))
         stale_at = min((self.loop.time() + (self._prefixes.ttl_left(p) or 0.0)
                         for p in prefixes), default=0.0)
-        if len(self._ready) >= self._cache_entries:
-            self._ready.clear()
-        self._ready[topic] = stale_at
+        ready = self._ready
+        if len(ready) >= self._cache_entries:
+            ready.clear()
+        ready.pop(topic, None)
+        ready[topic] = stale_at   # insertion order: the oldest answers come first
+        now = self.loop.time()
+        for _ in range(2):   # stale answers of topics nobody publishes to any more
+            oldest = next(iter(ready))
+            if ready[oldest] > now or oldest == topic:
+                break
+            del ready[oldest]
         self._rebuild()
 
     async def _fetch(self, prefix: str) -> None:

@@ -1,7 +1,8 @@
 """A TTL cache with an entry bound (LRU eviction) and an explicit sweep.
 
-Reads never return an expired entry; ``sweep()`` reclaims memory of expired entries
-that nobody reads (run it periodically from the owner's timer).
+Reads never return an expired entry. Every insert also drops up to two expired entries
+from the least recently used end, so a cache that keeps being written shrinks back to
+what is live without a timer; ``sweep()`` reclaims all of them at once.
 """
 
 from __future__ import annotations
@@ -45,11 +46,18 @@ class TTLCache(Generic[K, V]):
         if ttl <= 0:
             self._items.pop(key, None)
             return
-        self._items[key] = (value, self._clock.now() + ttl)
-        self._items.move_to_end(key)
-        while len(self._items) > self.max_entries:
-            self._items.popitem(last=False)
+        items, now = self._items, self._clock.now()
+        items[key] = (value, now + ttl)
+        items.move_to_end(key)
+        while len(items) > self.max_entries:
+            items.popitem(last=False)
             self.evictions += 1
+        for _ in range(2):   # amortised expiry: the oldest first
+            oldest = next(iter(items))
+            if oldest == key or items[oldest][1] > now:
+                break
+            del items[oldest]
+            self.expirations += 1
 
     def get(self, key: K, default=None):
         entry = self._items.get(key)
