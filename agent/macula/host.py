@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Coroutine
 
 if TYPE_CHECKING:
     from macula.transport.pool import PeerPool
@@ -52,3 +52,6 @@ class Host:
     on: Callable[..., None]
     # watch_peers(listener): listener(PeerUp | PeerDown) for every session that starts or ends
     watch_peers: Callable[[Callable[[PeerEvent], None]], None]
+    # spawn(coro): background work the node holds on to (a task nobody references can
+    # be collected while it waits) and cancels when it stops
+    spawn: Callable[[Coroutine[Any, Any, Any]], asyncio.Task]

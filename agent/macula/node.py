@@ -132,6 +132,7 @@ class Node:
         self.settings: Settings | None = None
         self.operations: Operations | None = None
         self._peer_listeners: list[Callable[[PeerEvent], None]] = []
+        self._tasks: set[asyncio.Task] = set()
 
     # -- composition -----------------------------------------------------------------
     def on(self, msg_cls: type, handler: Handler, accept: Accept | None = None) -> None:
@@ -209,7 +210,7 @@ class Node:
                          loop=self.endpoint.loop, pool=self.pool, reach=self.reach,
                          advertise=advertise,
                          seeds=tuple(cfg.seed_addresses()), on=self.on,
-                         watch_peers=self._peer_listeners.append)
+                         watch_peers=self._peer_listeners.append, spawn=self._spawn)
         self._start_services(self.host, st)
         for host, port in cfg.seed_addresses():
             self.pool.keep_connected(host, port)
@@ -248,6 +249,12 @@ class Node:
                           watch_peers=listeners.append,
                           unwatch_peers=lambda f: listeners.remove(f) if f in listeners else None,
                           commands=self.dht.control_commands())
+
+    def _spawn(self, coro: Any) -> asyncio.Task:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
 
     def _caps(self) -> tuple[str, ...]:
         from macula.cluster import cluster_cap
@@ -308,6 +315,10 @@ class Node:
             await self.cluster.stop()  # goodbyes go out with the pool's drain
         if self.dht is not None:
             await self.dht.shutdown(self.cfg.timeouts.shutdown)  # withdraw our records
+        tasks = list(self._tasks)   # services' background work still running
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         if self.reach is not None:
             await self.reach.close()
         if self.pool is not None:

@@ -53,3 +53,17 @@ async def test_an_address_that_belongs_to_another_node_fails_and_backs_off(tmp_p
     finally:
         await b.stop()
         await a.stop()
+
+
+async def test_a_stopped_node_cancels_its_services_background_work(tmp_path):
+    a = await start_node(tmp_path, "a")
+    started = asyncio.Event()
+
+    async def forever():
+        started.set()
+        await asyncio.Event().wait()
+
+    task = a.host.spawn(forever())
+    await asyncio.wait_for(started.wait(), 2)
+    await a.stop()
+    assert task.cancelled()

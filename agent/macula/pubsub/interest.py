@@ -98,7 +98,7 @@ class DhtInterest:
             return False
         if left < self.cache_ttl / 2 and topic not in self._refreshing:
             self._refreshing.add(topic)  # still in use: refresh before it goes stale
-            self.loop.create_task(self._refresh(topic))
+            self.host.spawn(self._refresh(topic))
         return True
 
     async def _refresh(self, topic: str) -> None:
@@ -186,7 +186,7 @@ class DhtInterest:
 
     def _advertise_soon(self) -> None:
         self._advertise_handle = None
-        self.loop.create_task(self._advertise())
+        self.host.spawn(self._advertise())
 
     async def _advertise(self) -> None:
         by_prefix: dict[str, list] = {}

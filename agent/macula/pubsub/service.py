@@ -21,7 +21,6 @@ waits for the lookup, as before.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections import Counter, deque
 from typing import TYPE_CHECKING, Any, Collection, Protocol
@@ -178,7 +177,7 @@ class PubSubService:
         # the topic's remote interest is being looked up
         if waiting is None:
             waiting = self._waiting[topic] = _Waiting(frozenset(interest.direct_nodes()))
-            asyncio.get_running_loop().create_task(self._resolve(topic))
+            self.host.spawn(self._resolve(topic))
         settled = _NONE
         if not plan.groups and not plan.remote:
             if plan.local:

@@ -69,7 +69,7 @@ class DhtProviders:
         return [n for n in found if n not in self._unreachable]
 
     def local_changed(self, procedure: str, served: bool) -> None:
-        self.host.loop.create_task(self._publish(procedure, served))
+        self.host.spawn(self._publish(procedure, served))
 
     async def _publish(self, procedure: str, served: bool) -> None:
         try:

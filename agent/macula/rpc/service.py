@@ -101,7 +101,7 @@ class RpcService:
         remote = None if from_node or self.providers is None else self.providers.cached(msg.procedure)
         if remote is None and not from_node and self.providers is not None \
                 and not self.local.providers(msg.procedure):
-            loop.create_task(self._discover_then_dispatch(call))
+            self.host.spawn(self._discover_then_dispatch(call))
             return
         self._dispatch(call, remote or [])
 
@@ -140,7 +140,7 @@ class RpcService:
             session = pool.get(provider)
             if session is None:
                 if provider in remote and self.providers is not None:
-                    self.loop.create_task(self._connect_then_send(call, provider, remote))
+                    self.host.spawn(self._connect_then_send(call, provider, remote))
                     return
                 continue  # a local client that just left: try another
             self._forward(call, session)
