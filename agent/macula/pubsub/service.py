@@ -162,14 +162,14 @@ class PubSubService:
         """
         self.stats["published"] += 1
         interest = self.interest
-        plan = self.router.plan(topic, interest is not None)  # raises TopicError first
+        plan = self.router.plan(topic)  # raises TopicError first
         waiting = self._waiting.get(topic)
-        if interest is None or (waiting is None and interest.ready(topic)):
+        if waiting is None and interest.ready(topic):
             if not plan.groups and not plan.remote:  # the common case: plain local subscribers
                 if plan.local:
                     self._deliver_local(plan.local, topic, payload, reply_to, headers, source)
                 return
-            route = self.router.route(topic, include_remote=interest is not None)
+            route = self.router.route(topic)
             if route.local:
                 self._deliver_local(route.local, topic, payload, reply_to, headers, source)
             self._send_remote(route, topic, payload, reply_to, headers, source)

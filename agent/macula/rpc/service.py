@@ -148,18 +148,14 @@ class RpcService:
 
     async def _connect_then_send(self, call: PendingCall, provider: bytes,
                                  remote: list[bytes]) -> None:
-        session = None
-        # leave time to try another provider if this one cannot be reached
+        # leave time to try another provider if this one cannot be reached; the reach
+        # path answers None for an address that now belongs to another node
         budget = max(0.05, (call.deadline - self.loop.time()) / 2)
-        try:
-            session = await self.host.reach.connect(provider, budget)
-        except Exception as exc:
-            log.debug("provider %s unreachable: %s", provider.hex()[:12], exc)
+        session = await self.host.reach.connect(provider, budget)
         if self.table.get(call.call_id) is not call:
             return  # answered or timed out meanwhile
-        if session is not None and (session.peer is None or session.peer.node_id != provider):
-            session = None  # the address now belongs to another node
         if session is None:
+            log.debug("provider %s unreachable", provider.hex()[:12])
             self._dispatch(call, remote)
         else:
             self._forward(call, session)

@@ -194,7 +194,7 @@ class Reach:
             return self.pool.get(node_id)
         try:
             await asyncio.wait_for(asyncio.shield(task), timeout)
-        except (asyncio.TimeoutError, Exception):
+        except Exception:   # timed out, or the dial failed: the backoff has it
             return None
         return self.pool.get(node_id)
 
