@@ -44,7 +44,10 @@ async def stop_all(nodes, clients=()):
 
 
 async def wait_delivery(publisher, topic, payload, subs, timeout=10.0):
-    """Publish until every subscription got it once (remote interest is cached ~3 s)."""
+    """Publish until every subscription got it once (remote interest is cached ~3 s),
+    then fence: a copy of an earlier round may still be on its way (it waited for a
+    lookup), so every subscription reads up to a last message published after all of
+    them; one publisher's messages on a topic arrive in order, so nothing older follows."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while True:
@@ -53,12 +56,18 @@ async def wait_delivery(publisher, topic, payload, subs, timeout=10.0):
         try:
             for s in subs:
                 await s.next(0.5)
-            return
+            break
         except asyncio.TimeoutError:
             if loop.time() > deadline:
                 raise AssertionError(f"{topic} never reached all subscribers")
             for s in subs:  # drop partial deliveries of this round and try again
                 s.drain()
+    fence = payload + b"-fence"
+    await publisher.publish(topic, fence)
+    await publisher.flush()
+    for s in subs:
+        while (await s.next(5)).payload != fence:
+            pass
 
 
 async def test_fan_out_to_50_subscribers_across_5_nodes(tmp_path, routing):
