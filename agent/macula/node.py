@@ -315,6 +315,8 @@ class Node:
             await self.cluster.stop()  # goodbyes go out with the pool's drain
         if self.dht is not None:
             await self.dht.shutdown(self.cfg.timeouts.shutdown)  # withdraw our records
+        if self.rpc is not None:
+            self.rpc.stop()  # no call deadlines fire on a stopped node
         tasks = list(self._tasks)   # services' background work still running
         for task in tasks:
             task.cancel()

@@ -124,7 +124,7 @@ async def test_publish_to_a_member_goes_out_while_the_dht_lookup_is_held(tmp_pat
         assert a.pubsub.stats["routed_early"] == 20
         # the lookup ends: what waited for it goes to nobody twice
         lookups.open()
-        await until(lambda: topic not in a.pubsub._waiting, what="lookup done")
+        await until(lambda: a.pubsub.core.waiting(topic) is None, what="lookup done")
         await publisher.publish(topic, b"last")
         assert (await sub.next(5)).payload == b"last" and sub.pending() == 0
         assert a.pubsub.routed_to[b.node_id] == 21 and b.pubsub.stats["routed_in"] == 21
@@ -155,7 +155,7 @@ async def test_outsiders_still_get_publishes_through_the_dht_in_order(tmp_path):
             await publisher.publish(topic, str(i).encode())
         # B has them all at once; D's wait for the lookup A cannot finish yet
         assert [(await s_in.next(5)).payload for _ in range(10)] == [str(i).encode() for i in range(10)]
-        assert s_out.pending() == 0 and len(a.pubsub._waiting[topic].queue) == 10
+        assert s_out.pending() == 0 and a.pubsub.core.waiting(topic) == 10
         lookups.open()
         for i in range(10, 20):
             await publisher.publish(topic, str(i).encode())
@@ -256,7 +256,7 @@ async def test_a_standalone_node_and_a_dht_client_node_still_route(tmp_path):
         await sub_client.flush()
         await sub_client.publish("x.y", b"1")
         assert (await s.next(5)).payload == b"1"
-        await until(lambda: "x.y" not in alone.pubsub._waiting, what="lookup done")
+        await until(lambda: alone.pubsub.core.waiting("x.y") is None, what="lookup done")
         assert alone.cluster.synced() == set() and alone.pubsub.stats["routed_early"] == 0
 
         light = await start_node(tmp_path, "light", seeds=(addr(alone),), cluster=FAST,

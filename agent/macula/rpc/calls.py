@@ -26,6 +26,7 @@ class PendingCall:
     idempotent: bool
     provider: bytes = b""
     tried: set = field(default_factory=set)
+    remote: Any = ()        # the remote providers known when it was dispatched
 
 
 BUCKET_MS = 50  # deadlines are kept in 50 ms buckets: a call times out up to 50 ms late

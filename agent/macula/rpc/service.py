@@ -1,16 +1,9 @@
-"""RPC on a node (edge): clients REGISTER procedures and CALL them; the node picks a
-provider (its own clients or another node: a member of its cluster that serves the
-procedure, known at once from the cluster state, else one discovered through the DHT),
-forwards the call and relays the reply.
-
-- No provider anywhere: NO_RESPONDERS at once (as NATS does), no waiting for a timeout.
-- A call that outlives its timeout gets CALL_TIMEOUT from the node; a late reply is dropped.
-- Too many calls in flight on this node: CALL_OVERLOADED at once.
-- Several providers: power of two choices on calls in flight.
-- A provider that goes away, or answers NO_RESPONDERS (it never ran the call): the call
-  is retried on another provider if it is idempotent (or was never run), else it fails.
-- A CALL that came from another node is served by local providers only: no call hops
-  twice, so no loops.
+"""RPC on a node (edge): clients REGISTER procedures and CALL them; the sans-IO
+``RpcCore`` (rpc/core.py) picks the provider (this node's clients, a member of its
+cluster that serves the procedure, or one discovered through the DHT), retries and
+times calls out. This edge checks roles, maps the core's node ids to sessions (dialling
+remote providers through the reach path), runs the discoveries the core asks for, and
+sends replies to callers: client sessions, or in-process callers (``call``).
 """
 
 from __future__ import annotations
@@ -20,10 +13,11 @@ import logging
 import random
 from typing import TYPE_CHECKING, Any, Protocol
 
-from macula.errors import ErrorCode
+from macula.errors import ErrorCode, MaculaError
 from macula.host import PeerDown, PeerEvent
-from macula.rpc.calls import CallsFull, CallTable, PendingCall, choose_provider
+from macula.rpc.core import Discover, RpcCore
 from macula.rpc.local import LocalProcedures
+from macula.runtime.driver import CoreDriver
 from macula.transport.session import Session, State
 from macula.wire.messages import Call, Register, Reply, Unregister
 
@@ -43,6 +37,15 @@ class ProviderSource(Protocol):
     def forget(self, node_id: bytes) -> None: ...                    # its node went away
 
 
+class LocalCaller:
+    """An in-process caller: the handle the core replies to."""
+
+    __slots__ = ("pending",)
+
+    def __init__(self) -> None:
+        self.pending: dict[int, asyncio.Future] = {}
+
+
 class RpcService:
     def __init__(self, host: "Host", local: LocalProcedures, providers: ProviderSource | None,
                  *, max_pending: int, rng: random.Random | None = None) -> None:
@@ -50,14 +53,15 @@ class RpcService:
         it); ``providers`` None: local providers only (no cluster, no DHT)."""
         self.host = host
         self.loop = host.loop
-        self.table = CallTable(max_pending)
         self.local = local
         self.providers = providers
-        self._rng = rng or random.Random()
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at = 0.0
-        self.stats = {"calls": 0, "no_responders": 0, "timeouts": 0, "overloaded": 0,
-                      "retries": 0, "remote": 0}
+        self.core = RpcCore(host.node_id, local, providers, max_pending=max_pending, rng=rng)
+        self.table = self.core.table
+        self.stats = self.core.stats
+        self._driver = CoreDriver(self.loop, self.core, self._send_out,
+                                  next_event=self.core.next_event, on_event=self._on_event)
+        self._caller = LocalCaller()
+        self._next_local_id = 0
         host.on(Call, self._on_call)
         host.on(Reply, self._on_reply)
         host.on(Register, self._on_register)
@@ -66,169 +70,107 @@ class RpcService:
 
     # -- registrations ---------------------------------------------------------------
     def _on_register(self, session: Session, msg: Register) -> None:
-        client, local = session.peer.node_id, self.local
-        if local.has(client, msg.procedure):
-            return
-        if session.peer.role != "client" or not local.register(client, msg.procedure):
+        if session.peer.role != "client" or \
+                not self.core.register(session.peer.node_id, msg.procedure):
             self._send(session, Reply(0, False, b"", int(ErrorCode.CALL_OVERLOADED),
                                       f"cannot register {msg.procedure!r} here"))
-            return
-        if len(local.providers(msg.procedure)) == 1 and self.providers is not None:
-            self.providers.local_changed(msg.procedure, True)
 
     def _on_unregister(self, session: Session, msg: Unregister) -> None:
-        if self.local.unregister(session.peer.node_id, msg.procedure) \
-                and self.providers is not None:
-            self.providers.local_changed(msg.procedure, False)
+        self.core.unregister(session.peer.node_id, msg.procedure)
 
     def local_procedures(self) -> list[str]:
         return self.local.procedures()
 
     # -- calls -----------------------------------------------------------------------
     def _on_call(self, session: Session, msg: Call) -> None:
-        self.stats["calls"] += 1
-        loop = self.loop
-        deadline = loop.time() + msg.timeout_ms / 1000.0
+        self.core.call(session, msg.call_id, msg.procedure, msg.args, msg.timeout_ms,
+                       msg.idempotent, session.peer.role == "node", self.loop.time())
+        self._driver.pump()
+
+    async def call(self, procedure: str, args: bytes, timeout: float = 5.0,
+                   idempotent: bool = False) -> bytes:
+        """A call made inside this process (an app, the HTTP gateway), routed like a
+        client's. Raises MaculaError with the reply's code when it fails."""
+        self._next_local_id = call_id = (self._next_local_id + 1) & 0xFFFF_FFFF
+        future = self._caller.pending[call_id] = self.loop.create_future()
         try:
-            call = self.table.add(session, msg.call_id, msg.procedure, msg.args, deadline,
-                                  msg.idempotent)
-        except CallsFull as exc:
-            self.stats["overloaded"] += 1
-            self._fail_to(session, msg.call_id, ErrorCode.CALL_OVERLOADED, exc.message)
-            return
-        self._arm_timer(deadline)
-        from_node = session.peer.role == "node"
-        remote = None if from_node or self.providers is None else self.providers.cached(msg.procedure)
-        if remote is None and not from_node and self.providers is not None \
-                and not self.local.providers(msg.procedure):
-            self.host.spawn(self._discover_then_dispatch(call))
-            return
-        self._dispatch(call, remote or [])
-
-    async def _discover_then_dispatch(self, call: PendingCall) -> None:
+            self.core.call(self._caller, call_id, procedure, args, max(1, int(timeout * 1000)),
+                           idempotent, False, self.loop.time())
+            self._driver.pump()
+            reply: Reply = await future
+        finally:
+            self._caller.pending.pop(call_id, None)
+        if reply.ok:
+            return reply.result
         try:
-            remote = await self.providers.discover(call.procedure)
-        except Exception as exc:
-            log.debug("discovery of %s failed: %s", call.procedure, exc)
-            remote = []
-        if self.table.get(call.call_id) is not call:
-            return  # timed out while we looked
-        self._dispatch(call, remote)
-
-    def _candidates(self, call: PendingCall, remote: list[bytes]) -> list[bytes]:
-        local = self.local.providers(call.procedure)
-        if not remote and not call.tried:  # the hot path: local clients, first attempt
-            return list(local)
-        own = self.host.node_id
-        return [p for p in (*local, *remote) if p not in call.tried and p != own]
-
-    def _dispatch(self, call: PendingCall, remote: list[bytes]) -> None:
-        pool = self.host.pool
-        while True:
-            candidates = self._candidates(call, remote)
-            if not candidates:
-                self.table.pop(call.call_id)
-                if call.tried:
-                    self._fail(call, ErrorCode.NO_RESPONDERS,
-                               f"no provider of {call.procedure!r} could take the call")
-                else:
-                    self.stats["no_responders"] += 1
-                    self._fail(call, ErrorCode.NO_RESPONDERS, f"no provider of {call.procedure!r}")
-                return
-            provider = choose_provider(candidates, self.table.outstanding, self._rng)
-            self.table.assign(call, provider)
-            session = pool.get(provider)
-            if session is None:
-                if provider in remote and self.providers is not None:
-                    self.host.spawn(self._connect_then_send(call, provider, remote))
-                    return
-                continue  # a local client that just left: try another
-            self._forward(call, session)
-            return
-
-    async def _connect_then_send(self, call: PendingCall, provider: bytes,
-                                 remote: list[bytes]) -> None:
-        # leave time to try another provider if this one cannot be reached; the reach
-        # path answers None for an address that now belongs to another node
-        budget = max(0.05, (call.deadline - self.loop.time()) / 2)
-        session = await self.host.reach.connect(provider, budget)
-        if self.table.get(call.call_id) is not call:
-            return  # answered or timed out meanwhile
-        if session is None:
-            log.debug("provider %s unreachable", provider.hex()[:12])
-            self._dispatch(call, remote)
-        else:
-            self._forward(call, session)
-
-    def _forward(self, call: PendingCall, session: Session) -> None:
-        remaining = int(max(1.0, (call.deadline - self.loop.time()) * 1000))
-        if session.peer.role == "node":
-            self.stats["remote"] += 1
-        if not session.send_reliable(Call(call.call_id, call.procedure, call.args, remaining,
-                                          call.idempotent)) \
-                and session.state is State.ESTABLISHED:  # larger than the provider accepts
-            self.table.pop(call.call_id)
-            self._fail(call, ErrorCode.FRAME_TOO_LARGE,
-                       f"the arguments exceed the provider's {session.send_limit} byte frame limit")
+            code = ErrorCode(reply.error_code)
+        except ValueError:
+            code = ErrorCode.INTERNAL
+        raise MaculaError(reply.error, code=code)
 
     def _on_reply(self, session: Session, msg: Reply) -> None:
-        call = self.table.get(msg.call_id)
-        if call is None or call.provider != session.peer.node_id:
-            return  # late (timed out) or not ours
-        if not msg.ok and msg.error_code == int(ErrorCode.NO_RESPONDERS):
-            self.stats["retries"] += 1  # it never ran there: safe to try another provider
-            remote = (self.providers.cached(call.procedure) or []) if self.providers else []
-            self._dispatch(call, remote)
-            return
-        self.table.pop(msg.call_id)
-        self._send(call.caller, Reply(call.caller_call_id, msg.ok, msg.result, msg.error_code,
-                                      msg.error))
+        self.core.handle_reply(session.peer.node_id, msg, self.loop.time())
+        self._driver.pump()
+
+    def _on_event(self, event: Any) -> None:
+        if type(event) is Discover:
+            self.host.spawn(self._discover(event.procedure))
+
+    async def _discover(self, procedure: str) -> None:
+        try:
+            remote = await self.providers.discover(procedure)
+        except Exception as exc:
+            log.debug("discovery of %s failed: %s", procedure, exc)
+            remote = []
+        self.core.discovered(procedure, remote, self.loop.time())
+        self._driver.pump()
 
     def _on_peer(self, event: PeerEvent) -> None:
         if type(event) is not PeerDown:
             return
-        session = event.session
-        gone = session.peer.node_id
-        if self.providers is not None:
-            if session.peer.role == "node":
-                self.providers.forget(gone)
-            for procedure in self.local.drop_client(gone):
-                self.providers.local_changed(procedure, False)
-        else:
-            self.local.drop_client(gone)
-        for call in self.table.calls_to(gone):
-            if call.idempotent:
-                self.stats["retries"] += 1
-                remote = (self.providers.cached(call.procedure) or []) if self.providers else []
-                self._dispatch(call, remote)
+        peer = event.session.peer
+        self.core.peer_down(peer.node_id, peer.role == "node", self.loop.time())
+        self._driver.pump()
+
+    # -- what the core sends -----------------------------------------------------------
+    def _send_out(self, dest: Any, msg: Any) -> None:
+        if type(msg) is Reply:
+            if type(dest) is LocalCaller:
+                future = dest.pending.get(msg.call_id)
+                if future is not None and not future.done():
+                    future.set_result(msg)
             else:
-                self.table.pop(call.call_id)
-                self._fail(call, ErrorCode.NO_RESPONDERS,
-                           f"provider of {call.procedure!r} went away during the call")
+                self._send(dest, msg)
+            return
+        session = self.host.pool.get(dest)  # a Call to a provider
+        if session is not None:
+            self._forward(msg, session)
+        elif self.core.is_local_provider(dest, msg.procedure):
+            self.core.not_delivered(dest, msg.call_id, self.loop.time())  # it just left
+        else:
+            self.host.spawn(self._connect_then_send(dest, msg))
 
-    # -- timeouts --------------------------------------------------------------------
-    def _arm_timer(self, deadline: float) -> None:
-        if self._timer is None or deadline < self._timer_at:
-            if self._timer is not None:
-                self._timer.cancel()
-            self._timer_at = deadline
-            self._timer = self.loop.call_at(deadline, self._on_timer)
+    async def _connect_then_send(self, provider: bytes, msg: Call) -> None:
+        # leave time to try another provider if this one cannot be reached; the reach
+        # path answers None for an address that now belongs to another node
+        budget = max(0.05, msg.timeout_ms / 2000)
+        session = await self.host.reach.connect(provider, budget)
+        call = self.table.get(msg.call_id)
+        if call is None or call.provider != provider:
+            return  # answered or timed out meanwhile
+        if session is None:
+            log.debug("provider %s unreachable", provider.hex()[:12])
+            self.core.not_delivered(provider, msg.call_id, self.loop.time())
+        else:
+            remaining = int(max(1.0, (call.deadline - self.loop.time()) * 1000))
+            self._forward(msg._replace(timeout_ms=remaining), session)
+        self._driver.pump()
 
-    def _on_timer(self) -> None:
-        self._timer = None
-        for call in self.table.expire(self.loop.time()):
-            self.stats["timeouts"] += 1
-            self._fail(call, ErrorCode.CALL_TIMEOUT, f"{call.procedure}: no reply in time")
-        nxt = self.table.next_deadline()
-        if nxt is not None:
-            self._arm_timer(nxt)
-
-    # -- replies ---------------------------------------------------------------------
-    def _fail(self, call: PendingCall, code: ErrorCode, message: str) -> None:
-        self._fail_to(call.caller, call.caller_call_id, code, message)
-
-    def _fail_to(self, caller: Session, call_id: int, code: ErrorCode, message: str) -> None:
-        self._send(caller, Reply(call_id, False, b"", int(code), message))
+    def _forward(self, msg: Call, session: Session) -> None:
+        if not session.send_reliable(msg) and session.state is State.ESTABLISHED:
+            self.core.fail(msg.call_id, ErrorCode.FRAME_TOO_LARGE,
+                           f"the arguments exceed the provider's {session.send_limit} "
+                           "byte frame limit")
 
     @staticmethod
     def _send(session: Session, msg: Any) -> None:
@@ -242,3 +184,6 @@ class RpcService:
 
     def status(self) -> dict[str, Any]:
         return {**self.stats, "in_flight": len(self.table), "procedures": self.local_procedures()}
+
+    def stop(self) -> None:
+        self._driver.stop()

@@ -39,14 +39,19 @@ class CoreDriver:
     def pump(self) -> None:
         if self.stopped:
             return
-        send = self._send
-        for dest, msg in self.core.messages_to_send():
-            send(dest, msg)
-        if self._next_event is not None:
-            on_event = self._on_event
-            while (event := self._next_event()) is not None:
-                if on_event is not None:
-                    on_event(event)
+        core, send, next_event, on_event = self.core, self._send, self._next_event, self._on_event
+        while True:  # a send or an event handler may feed the core again: send that too
+            msgs = core.messages_to_send()
+            for dest, msg in msgs:
+                send(dest, msg)
+            events = False
+            if next_event is not None:
+                while (event := next_event()) is not None:
+                    events = True
+                    if on_event is not None:
+                        on_event(event)
+            if not msgs and not events:
+                break
         self._arm()
 
     def _arm(self) -> None:

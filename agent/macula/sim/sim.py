@@ -72,11 +72,12 @@ class Sim:
     def __init__(self, seed: int = 0, *,
                  latency: Callable[[random.Random], float] = default_latency,
                  loss: float = 0.0, codec: float = 1.0, max_queue: int = 10_000_000,
-                 unreachable_delay: float | None = None,
+                 unreachable_delay: float | None = None, fifo: bool = False,
                  on_event: Callable[[bytes, Any, float], None] | None = None) -> None:
         """``unreachable_delay``: when a message goes to a dead or partitioned node,
         tell the sender ``handle_unreachable`` this much later (a failed dial); None
-        leaves it to the sender's own timeouts."""
+        leaves it to the sender's own timeouts. ``fifo``: messages from one node to
+        another arrive in the order they were sent (one stream, as a session's)."""
         if not 0.0 <= loss < 1.0 or not 0.0 <= codec <= 1.0:
             raise ValueError("loss in [0, 1), codec in [0, 1]")
         self.rng = random.Random(seed)
@@ -93,6 +94,7 @@ class Sim:
         self._seq = itertools.count().__next__
         self._slots: dict[bytes, _Slot] = {}
         self._decoder = FrameDecoder()
+        self._last_arrival: dict[tuple[bytes, bytes], float] | None = {} if fifo else None
 
     # ---- population -------------------------------------------------------------------
     def add(self, node_id: bytes, host: Any, sender: Any = None) -> None:
@@ -212,7 +214,13 @@ class Sim:
             return
         if self.codec and (self.codec >= 1.0 or self._codec_rng.random() < self.codec):
             msg = self._roundtrip(msg)
-        self._push(self.now + self.latency(rng), MSG, dst, src.sender, msg)
+        at = self.now + self.latency(rng)
+        last = self._last_arrival
+        if last is not None:
+            link = (src.node_id, dst_id)
+            at = max(at, last.get(link, 0.0))  # ties keep the sending order
+            last[link] = at
+        self._push(at, MSG, dst, src.sender, msg)
 
     def _roundtrip(self, msg: Any) -> Any:
         frame = encode(msg)
