@@ -77,3 +77,32 @@ async def test_an_infinite_timer_means_none():
     driver = CoreDriver(loop, core, lambda *a: None)
     driver.pump()
     assert driver._timer is None
+
+
+async def test_a_timer_that_comes_and_goes_per_message_arms_one_handle_and_fires_on_time():
+    # an RPC call's deadline: set by the call, gone with its reply, thousands per second
+    loop = asyncio.get_running_loop()
+    core = EchoCore(0.05)
+    driver = CoreDriver(loop, core, lambda dest, msg: None)
+    arms = []
+    real_call_at = loop.call_at
+    loop.call_at = lambda *a, **k: arms.append(a[0]) or real_call_at(*a, **k)
+    try:
+        for i in range(100):
+            core.handle_message("a", i, loop.time())
+            driver.pump()
+            core.timer = None   # answered: nothing due any more
+            driver.pump()
+        assert len(arms) == 1                 # not a TimerHandle per message
+        loop.call_at = real_call_at
+        core.handle_message("a", "last", loop.time())
+        driver.pump()
+        due = core.timer
+        fired = asyncio.Event()
+        core.events.clear()
+        driver._on_event = lambda e: fired.set()
+        driver._next_event = core.next_event
+        await asyncio.wait_for(fired.wait(), 2)
+        assert core.fired == [core.fired[0]] and core.fired[0] >= due  # on time, never early
+    finally:
+        loop.call_at = real_call_at

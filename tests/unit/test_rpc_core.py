@@ -46,7 +46,7 @@ def test_local_provider_serves_and_reply_reaches_the_caller():
     core.handle_reply(CLIENT, Reply(call.call_id, True, b"r"), now=0.1)
     assert core.messages_to_send() == [("caller", Reply(7, True, b"r"))]
     core.handle_reply(CLIENT, Reply(call.call_id, True, b"again"), now=0.2)  # late: dropped
-    assert core.messages_to_send() == [] and len(core.table) == 0
+    assert not core.messages_to_send() and len(core.table) == 0
 
 
 def test_one_discovery_for_many_waiting_calls_then_no_responders_when_empty():
@@ -54,7 +54,7 @@ def test_one_discovery_for_many_waiting_calls_then_no_responders_when_empty():
     for i in range(5):
         core.call("caller", i, "q", b"", 1000, False, False, now=0.0)
     out, events = drain(core)
-    assert out == [] and events == [Discover("q")]
+    assert not out and events == [Discover("q")]
     core.discovered("q", [], now=0.01)
     replies = core.messages_to_send()
     assert [(d, r.call_id, r.error_code) for d, r in replies] == \

@@ -82,6 +82,7 @@ class _Waiting:
 
 
 _NONE: frozenset = frozenset()
+_EMPTY: tuple = ()
 
 
 class PubSubCore:
@@ -96,7 +97,7 @@ class PubSubCore:
         self.queue_bytes = queue_bytes
         self.hold = hold
         self.out: list[tuple[Any, Any, Any]] = []
-        self._events: deque[Any] = deque()
+        self.events: deque[Any] = deque()   # drained by next_event
         self._waiting: dict[str, _Waiting] = {}
         self.stats = {"published": 0, "delivered": 0, "routed_out": 0, "routed_in": 0,
                       "dropped": 0, "waiting_dropped": 0, "routed_early": 0}
@@ -106,11 +107,14 @@ class PubSubCore:
 
     # -- the core shape ----------------------------------------------------------------
     def messages_to_send(self) -> list[tuple[Any, Any, Any]]:
-        out, self.out = self.out, []
+        out = self.out
+        if not out:
+            return _EMPTY
+        self.out = []
         return out
 
     def next_event(self) -> Any:
-        return self._events.popleft() if self._events else None
+        return self.events.popleft() if self.events else None
 
     def waiting(self, topic: str) -> int | None:
         """Publishes of ``topic`` waiting for its lookup; None when it is not waiting."""
@@ -159,7 +163,7 @@ class PubSubCore:
         # the topic's remote interest is being looked up
         if waiting is None:
             waiting = self._waiting[topic] = _Waiting(frozenset(self.interest.direct_nodes()))
-            self._events.append(NeedInterest(topic))
+            self.events.append(NeedInterest(topic))
         settled = _NONE
         if not plan.groups and not plan.remote:
             if plan.local:
@@ -191,7 +195,7 @@ class PubSubCore:
         if self.hold and waiting.bytes > min(limit // 4, WAITING_HOLD) and source is not None \
                 and source not in waiting.held:
             waiting.held.add(source)  # back-pressure: hold the publisher until the answer
-            self._events.append(Hold(source))
+            self.events.append(Hold(source))
 
     def interest_known(self, topic: str) -> None:
         """The lookup ``NeedInterest(topic)`` asked for ended (found, empty or failed):
@@ -208,7 +212,7 @@ class PubSubCore:
                 self._deliver_local(route.local, topic, payload, reply_to, headers, None)
             self._send_remote(route, topic, payload, reply_to, headers, None)
         for source in waiting.held:  # after: a congested sink may hold them on
-            self._events.append(Release(source))
+            self.events.append(Release(source))
 
     # -- from other nodes --------------------------------------------------------------
     def handle_route(self, node_id: bytes, msg: PubsubRoute, source: Any = None) -> None:

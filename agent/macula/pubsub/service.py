@@ -148,37 +148,48 @@ class PubSubService:
         """Publish from this node (for a client, an in-process publisher, or the node
         itself); ``source`` is held back while what it fed is congested. Raises
         TopicError."""
-        self.core.publish(topic, payload, reply_to, headers, source)
-        self._pump()
+        core = self.core
+        core.publish(topic, payload, reply_to, headers, source)
+        if core.out:
+            self._send_out(core.messages_to_send())
+        if core.events:
+            self._handle_events()
 
     def _pump(self) -> None:
         core = self.core
-        out = core.messages_to_send()
-        if out:
-            outboxes, pool = self._outboxes, self.host.pool
-            for dest, msg, source in out:
-                if type(msg) is Deliver:
-                    if type(dest) is bytes:  # a client session of this node
-                        outbox = outboxes.get(dest)
-                        if outbox is None:
-                            session = pool.get(dest)
-                            if session is None:
-                                continue
-                            outbox = outboxes[dest] = self._new_outbox(session)
-                        outbox.put(encode(msg), source)
-                    else:  # an in-process subscriber
-                        dest.put(msg, source)
-                else:
-                    self._send_route(dest, msg, source)
+        if core.out:
+            self._send_out(core.messages_to_send())
+        if core.events:
+            self._handle_events()
+
+    def _send_out(self, out: list) -> None:
+        outboxes, pool = self._outboxes, self.host.pool
+        for dest, msg, source in out:
+            if type(msg) is Deliver:
+                if type(dest) is bytes:  # a client session of this node
+                    outbox = outboxes.get(dest)
+                    if outbox is None:
+                        session = pool.get(dest)
+                        if session is None:
+                            continue
+                        outbox = outboxes[dest] = self._new_outbox(session)
+                    outbox.put(encode(msg), source)
+                else:  # an in-process subscriber
+                    dest.put(msg, source)
+            else:
+                self._send_route(dest, msg, source)
+
+    def _handle_events(self) -> None:
+        core, gate = self.core, self.gate
         event = core.next_event()
         while event is not None:
             kind = type(event)
             if kind is NeedInterest:
                 self.host.spawn(self._resolve(event.topic))
             elif kind is Hold:
-                self.gate.acquire(event.source)
+                gate.acquire(event.source)
             elif kind is Release:
-                self.gate.release(event.source)
+                gate.release(event.source)
             event = core.next_event()
 
     async def _resolve(self, topic: str) -> None:

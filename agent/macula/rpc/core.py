@@ -43,6 +43,9 @@ class ProviderView(Protocol):
     def forget(self, node_id: bytes) -> None: ...                    # its node went away
 
 
+_EMPTY: tuple = ()
+
+
 class Discover(NamedTuple):
     procedure: str
 
@@ -58,18 +61,21 @@ class RpcCore:
         self.table = CallTable(max_pending)
         self._rng = rng or random.Random()
         self.out: list[tuple[Any, Any]] = []
-        self._events: deque[Any] = deque()
+        self.events: deque[Any] = deque()   # drained by next_event
         self._discovering: dict[str, list[PendingCall]] = {}
         self.stats = {"calls": 0, "no_responders": 0, "timeouts": 0, "overloaded": 0,
                       "retries": 0, "remote": 0}
 
     # -- the core shape ----------------------------------------------------------------
     def messages_to_send(self) -> list[tuple[Any, Any]]:
-        out, self.out = self.out, []
+        out = self.out
+        if not out:
+            return _EMPTY
+        self.out = []
         return out
 
     def next_event(self) -> Any:
-        return self._events.popleft() if self._events else None
+        return self.events.popleft() if self.events else None
 
     def get_timer(self) -> float | None:
         return self.table.next_deadline()
@@ -114,7 +120,7 @@ class RpcCore:
             waiting = self._discovering.get(procedure)
             if waiting is None:
                 self._discovering[procedure] = [call]
-                self._events.append(Discover(procedure))
+                self.events.append(Discover(procedure))
             else:
                 waiting.append(call)
             return

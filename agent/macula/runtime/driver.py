@@ -3,7 +3,7 @@
 A core is fed messages and timer expiries with the time, and is asked afterwards what to
 send (``messages_to_send()``), what happened (an event queue) and when it next needs the
 clock (``get_timer()``). After every input the driver *pumps*: sends, hands events on,
-re-arms one TimerHandle. Nothing polls. As aioquic does, a timer that fires a clock tick
+arms one TimerHandle. Nothing polls. As aioquic does, a timer that fires a clock tick
 early (asyncio may run a handle just before its time) is given its due time, so the core
 always sees it due.
 """
@@ -44,36 +44,47 @@ class CoreDriver:
             msgs = core.messages_to_send()
             for dest, msg in msgs:
                 send(dest, msg)
-            events = False
             if next_event is not None:
-                while (event := next_event()) is not None:
-                    events = True
-                    if on_event is not None:
-                        on_event(event)
-            if not msgs and not events:
+                event = next_event()
+                if event is not None:
+                    while event is not None:
+                        if on_event is not None:
+                            on_event(event)
+                        event = next_event()
+                    continue
+            if not msgs:
                 break
         self._arm()
 
     def _arm(self) -> None:
+        """Arm for the core's next timer, lazily: a timer already armed earlier is kept
+        (when it fires and nothing is due, it costs one ``get_timer`` and is re-armed),
+        so a core whose timer comes and goes with every message (a call's deadline)
+        does not create and cancel a TimerHandle per message."""
         if self.stopped:
             return
         at = self.core.get_timer()
-        if at == float("inf"):
-            at = None
-        if at == self._timer_at:
+        if at is None or at == float("inf"):
             return
         if self._timer is not None:
+            if self._timer_at <= at:
+                return
             self._timer.cancel()
         self._timer_at = at
-        self._timer = None if at is None else self.loop.call_at(at, self._fire)
+        self._timer = self.loop.call_at(at, self._fire)
 
     def _fire(self) -> None:
         due = self._timer_at or 0.0
         self._timer = self._timer_at = None
         if self.stopped:
             return
-        self.core.handle_timer(max(self.loop.time(), due))
-        self.pump()
+        at = self.core.get_timer()
+        now = self.loop.time()
+        if at is not None and at <= max(now, due):
+            self.core.handle_timer(max(now, at))  # a tick early is still its time
+            self.pump()
+        else:
+            self._arm()  # armed early for a timer that moved later, or went
 
     def stop(self) -> None:
         """No more sends or timers (what the core produces from now on is dropped)."""
