@@ -119,7 +119,12 @@ async def test_macula_run_on_a_live_socket_exits_78_with_one_line(tmp_path):
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "macula", "run", "--config", str(conf), env=env,
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        _, err = await asyncio.wait_for(proc.communicate(), 60)
+        try:
+            _, err = await asyncio.wait_for(proc.communicate(), 60)
+        finally:
+            if proc.returncode is None:  # it started after all: do not leave it running
+                proc.kill()
+                await proc.wait()
         stderr = err.decode()
         assert proc.returncode == 78, stderr
         lines = [ln for ln in stderr.splitlines() if "node.runtime_dir" in ln]

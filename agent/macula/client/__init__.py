@@ -27,6 +27,7 @@ from macula.identity import (
     load_or_create_dev_material, load_or_create_identity, load_production_material,
 )
 from macula.pubsub.topics import validate_pattern, validate_topic
+from macula.rpc.names import check_procedure, procedure_error
 from macula.transport import (
     CaTrust, Endpoint, PeerPool, PoolSettings, Session, SessionConfig, State, TofuTrust,
     TrustPolicy,
@@ -196,6 +197,9 @@ class Client:
             except FieldError as exc:
                 raise CallError(f"CALL.{name}{exc.path}: {exc.reason}",
                                 code=ErrorCode.BAD_FIELD) from None
+        why = procedure_error(procedure)
+        if why is not None:
+            raise CallError(why, code=ErrorCode.BAD_FIELD)
         call_id = msg.call_id
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
@@ -221,7 +225,9 @@ class Client:
         self._sweeper = loop.call_later(GUARD_SWEEP, self._sweep) if self._guards else None
 
     def register(self, procedure: str, handler: Handler) -> None:
-        """Serve ``procedure``: ``handler(args) -> result`` (plain or async)."""
+        """Serve ``procedure``: ``handler(args) -> result`` (plain or async). A name that
+        is not a procedure name raises MaculaError (BAD_FIELD)."""
+        check_procedure(procedure)
         if procedure in self._handlers:
             raise ValueError(f"{procedure!r} is already registered")
         self._handlers[procedure] = handler

@@ -204,10 +204,14 @@ class DhtService:
 
     async def _cmd_discover(self, req: dict[str, Any]) -> Any:
         service = _text(req, "service")
+        try:
+            found = await self.discover(service)
+        except ValueError as exc:  # a bad service name: the user's input, not a bug
+            raise MaculaError(str(exc), code=ErrorCode.BAD_FIELD) from None
         now = self.loop.time()
         return [{"node_id": p.node_id.hex(), "host": p.host, "port": p.port,
                  "metadata": p.metadata, "ttl_left_s": round(p.expires - now, 1)}
-                for p in await self.discover(service)]
+                for p in found]
 
     async def _cmd_advertise(self, req: dict[str, Any]) -> Any:
         service = _text(req, "service")

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("macula.rpc")
 
-SERVICE_PREFIX = "rpc."
+from macula.rpc.names import SERVICE_PREFIX
 GONE_BACKOFF = 10.0  # a provider whose node went away is not offered this long
 
 

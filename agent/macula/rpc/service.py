@@ -24,6 +24,7 @@ from macula.errors import ErrorCode
 from macula.host import PeerDown, PeerEvent
 from macula.rpc.calls import CallsFull, CallTable, PendingCall, choose_provider
 from macula.rpc.local import LocalProcedures
+from macula.rpc.names import procedure_error
 from macula.transport.session import Session, State
 from macula.wire.messages import Call, Register, Reply, Unregister
 
@@ -69,6 +70,10 @@ class RpcService:
         client, local = session.peer.node_id, self.local
         if local.has(client, msg.procedure):
             return
+        why = procedure_error(msg.procedure)  # the SDK checks first; this is for others
+        if why is not None:
+            self._send(session, Reply(0, False, b"", int(ErrorCode.BAD_FIELD), why))
+            return
         if session.peer.role != "client" or not local.register(client, msg.procedure):
             self._send(session, Reply(0, False, b"", int(ErrorCode.CALL_OVERLOADED),
                                       f"cannot register {msg.procedure!r} here"))
@@ -101,6 +106,11 @@ class RpcService:
         remote = None if from_node or self.providers is None else self.providers.cached(msg.procedure)
         if remote is None and not from_node and self.providers is not None \
                 and not self.local.providers(msg.procedure):
+            why = procedure_error(msg.procedure)
+            if why is not None:  # a name nobody can advertise: nothing to look up
+                self.table.pop(call.call_id)
+                self._fail_to(session, msg.call_id, ErrorCode.BAD_FIELD, why)
+                return
             self.host.spawn(self._discover_then_dispatch(call))
             return
         self._dispatch(call, remote or [])
