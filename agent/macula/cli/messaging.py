@@ -45,7 +45,7 @@ async def sub(args) -> int:
 
         task = asyncio.ensure_future(consume())
         try:
-            await asyncio.wait_for(stop.wait(), args.timeout) if args.timeout else await stop.wait()
+            await asyncio.wait_for(stop.wait(), args.timeout)  # None: until Ctrl-C
         except asyncio.TimeoutError:
             pass
         task.cancel()
