@@ -287,6 +287,10 @@ class PeerPool:
             self._clients[peer.node_id] = session
             if old is not None:
                 old.close(ErrorCode.DUPLICATE_SESSION, "replaced by a newer session")
+                # a client that reconnects starts afresh and sends its subscriptions and
+                # procedures again: what the old session held goes now, before the new
+                # session's first frame (its _closed no longer finds it in the table)
+                self.on_peer_down(old)
             return
         existing = self._peers.peek(peer.node_id)
         if existing is not None and existing.state is State.ESTABLISHED \
