@@ -263,3 +263,34 @@ async def test_macula_sub_says_disconnected_and_reconnected(tmp_path):
             proc.kill()
             await proc.wait()
         await node.stop()
+
+
+async def test_reconnecting_to_a_node_that_missed_the_loss_replaces_the_old_session(tmp_path):
+    """The client lost its link but the node did not notice (a one-sided loss): its
+    reconnection replaces the old session on the node, whose subscriptions and procedures
+    go with it, so the ones the client makes again are not refused as duplicates."""
+    node = await start_node(tmp_path, "n")
+    watch = Watch()
+    client = await connect(addr(node), realm="test", **watch.options())
+    other = await connect(addr(node), realm="test", reconnect=False)
+    try:
+        inbox = client.subscribe("one.>")
+        client.register("one.proc", lambda _: b"served")
+        await client.flush()
+        old = node.pool.get(client._pool.node_id)
+        client.session._on_link_closed(0, "cut on this side only")  # nothing reaches the node
+        await asyncio.wait_for(watch.up.wait(), 10.0)
+        await client.flush()
+        assert node.pool.get(client._pool.node_id) is not old
+        assert not inbox.closed  # its SUBSCRIBE was not refused as "id already in use"
+        await other.publish("one.x", b"once")
+        assert (await inbox.next(5)).payload == b"once"
+        await other.flush()
+        await client.flush()
+        assert inbox.pending() == 0  # delivered once: the old subscription is gone
+        assert await other.call("one.proc", timeout=5) == b"served"
+        assert list(node.rpc.local.providers("one.proc")) == [client._pool.node_id]
+    finally:
+        await client.close()
+        await other.close()
+        await node.stop()
