@@ -127,6 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("file", help="the TOML file to check")
     status = with_config(sub.add_parser("status", help="ask the running node how it is"), ask)
     status.add_argument("--json", action="store_true", help=json_help)
+    status.add_argument("--limits", action="store_true",
+                        help="also list every limit in force (the JSON always has them)")
     disc = with_config(sub.add_parser("discover", help="live providers of a service (DHT)"), ask)
     disc.add_argument("service", help="the service name (1-64 letters, digits, '.', '_', '-')")
     disc.add_argument("--json", action="store_true", help=json_help)
@@ -140,6 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="metadata stored with the record (repeat for several keys)")
     dht = with_config(sub.add_parser("dht", help="the running node's routing table"), ask)
     dht.add_argument("--json", action="store_true", help=json_help)
+    mesh = with_config(sub.add_parser("mesh", help="every node the running node knows: its "
+                                                   "cluster, its peers, its DHT contacts"), ask)
+    mesh.add_argument("--json", action="store_true", help=json_help)
 
     def client(sp: argparse.ArgumentParser) -> argparse.ArgumentParser:
         with_config(sp, ": --node and --realm default to its listen address and realm")
@@ -261,8 +266,8 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "status":
         from macula.cli.status import print_status
 
-        return print_status(_load(args), args.json)
-    if args.command in ("discover", "advertise", "dht"):
+        return print_status(_load(args), args.json, args.limits)
+    if args.command in ("discover", "advertise", "dht", "mesh"):
         from macula.cli import dht as dht_cli
 
         return getattr(dht_cli, args.command)(_load(args), args)
