@@ -41,7 +41,7 @@ async def node(tmp_path):
 
 @pytest.mark.parametrize("name", BAD_NAMES)
 async def test_discover_and_advertise_of_a_bad_service_name_answer_bad_field(node, name):
-    for cmd in ("discover", "advertise"):
+    for cmd in ("discover", "advertise", "withdraw"):
         reply = await _control(node, cmd=cmd, service=name)
         assert reply["ok"] is False and reply["code"] == int(ErrorCode.BAD_FIELD), (cmd, reply)
         assert "service name" in reply["error"], reply

@@ -42,6 +42,17 @@ def advertise(cfg: Config, args) -> int:
     return 0 if done["stored_on"] else 1
 
 
+def withdraw(cfg: Config, args) -> int:
+    done = _ask(cfg, "withdraw", service=args.service)
+    if not done["was_advertised"]:
+        print(f"{done['service']!r} was not advertised by this node; its record (if any) was "
+              f"deleted on {done['deleted_on']} node(s)", file=sys.stderr)
+        return 1
+    print(f"withdrew {done['service']!r}: record deleted on {done['deleted_on']} node(s)"
+          f"{'; refused by ' + str(done['refused_by']) if done['refused_by'] else ''}")
+    return 0
+
+
 def dht(cfg: Config, args) -> int:
     t = _ask(cfg, "dht")
     if args.json:

@@ -140,6 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "by at most this long")
     adv.add_argument("--meta", action="append", default=[], metavar="KEY=VALUE",
                      help="metadata stored with the record (repeat for several keys)")
+    wd = with_config(sub.add_parser("withdraw", help="stop advertising a service from this "
+                                                     "node and delete its record"), ask)
+    wd.add_argument("service", help="the service name given to `macula advertise`")
     dht = with_config(sub.add_parser("dht", help="the running node's routing table"), ask)
     dht.add_argument("--json", action="store_true", help=json_help)
     mesh = with_config(sub.add_parser("mesh", help="every node the running node knows: its "
@@ -267,7 +270,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         from macula.cli.status import print_status
 
         return print_status(_load(args), args.json, args.limits)
-    if args.command in ("discover", "advertise", "dht", "mesh"):
+    if args.command in ("discover", "advertise", "withdraw", "dht", "mesh"):
         from macula.cli import dht as dht_cli
 
         return getattr(dht_cli, args.command)(_load(args), args)

@@ -42,6 +42,7 @@ class ProviderSource(Protocol):
     async def discover(self, procedure: str) -> list[bytes]: ...
     def local_changed(self, procedure: str, served: bool) -> None: ...  # advertise / withdraw
     def forget(self, node_id: bytes) -> None: ...                    # its node went away
+    def returned(self, node_id: bytes) -> None: ...                  # a session to it again
 
 
 class RpcService:
@@ -196,6 +197,9 @@ class RpcService:
 
     def _on_peer(self, event: PeerEvent) -> None:
         if type(event) is not PeerDown:
+            peer = event.session.peer
+            if self.providers is not None and peer is not None and peer.role == "node":
+                self.providers.returned(peer.node_id)
             return
         session = event.session
         gone = session.peer.node_id
