@@ -30,7 +30,7 @@ from collections import deque
 from typing import Any, AsyncIterator, Awaitable, Callable, Sequence
 
 from macula.config import parse_address
-from macula.errors import ErrorCode, MaculaError, SessionRefused
+from macula.errors import ErrorCode, MaculaError, ProtocolError, SessionRefused
 from macula.identity import (
     TlsMaterial, TofuStore, ephemeral_dev_material, ephemeral_identity,
     load_or_create_dev_material, load_or_create_identity, load_production_material,
@@ -76,7 +76,7 @@ class CallLost(CallError, ConnectionLost):
     code = ErrorCode.GOING_AWAY
 
 
-# what connect() was given, kept for reconnecting
+# on_disconnect(error) / on_reconnect(address): plain functions or coroutine functions
 Callback = Callable[..., "Any | Awaitable[Any]"]
 
 
@@ -506,8 +506,8 @@ class Client:
         allowed are spent), then restore what the node lost: subscriptions, procedures,
         and the publishes buffered meanwhile, in that order."""
         attempts = 0
-        i = self.addresses.index(_parse(self.address)) if _parse(self.address) in \
-            self.addresses else 0
+        lost = parse_address(self.address, 9443)
+        i = self.addresses.index(lost) if lost in self.addresses else 0  # that one first
         while not self._closing:
             if self.max_reconnect_attempts is not None and attempts >= self.max_reconnect_attempts:
                 log.warning("giving up on node %s after %d attempt(s)", self.address, attempts)
@@ -525,6 +525,8 @@ class Client:
                 continue
             if self._closing:
                 return
+            if session.state is not State.ESTABLISHED:  # lost again before we resumed
+                continue
             self._restore(session, (host, port))
             return
 
@@ -555,6 +557,8 @@ class Client:
                     await session.send_wait(msg)
             except SessionRefused:
                 return
+            except ProtocolError as exc:  # larger than this node accepts: it cannot go
+                log.warning("buffered publish on %s dropped: %s", msg.topic, exc.message)
             buffer.popleft()
             self._buffered_bytes -= len(msg.topic) + len(msg.payload) + BUFFER_OVERHEAD
 
@@ -597,10 +601,6 @@ class Client:
 def _show(address: tuple[str, int]) -> str:
     host, port = address
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def _parse(address: str) -> tuple[str, int]:
-    return parse_address(address, 9443)
 
 
 def _reply(call: Call, result: Any) -> Reply:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
+from macula.rpc.names import SERVICE_PREFIX
 from macula.runtime.clock import MonotonicClock
 from macula.runtime.ttlcache import TTLCache
 
@@ -29,7 +30,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("macula.rpc")
 
-from macula.rpc.names import SERVICE_PREFIX
 GONE_BACKOFF = 10.0  # a provider whose node went away is not offered this long
 
 
