@@ -146,12 +146,15 @@ def skip_unless(condition: bool, reason: str) -> None:
 class NodeProcess:
     """A `macula run` in its own process (so a test can SIGKILL it: a real crash)."""
 
-    def __init__(self, tmp: Path, name: str, seeds: tuple[str, ...] = (), realm: str = "test"):
+    def __init__(self, tmp: Path, name: str, seeds: tuple[str, ...] = (), realm: str = "test",
+                 port: int | None = None):
+        """``port`` and ``name`` of a killed one: the same node restarted (same identity)."""
         import subprocess
         import sys
 
         self.name = name
-        self.port = free_udp_port()
+        self.port = port or free_udp_port()
+        self.runtime_dir = tmp / name / "run"
         state = tmp / name
         state.mkdir(parents=True, exist_ok=True)
         cfg = tmp / f"{name}.toml"
@@ -160,7 +163,8 @@ class NodeProcess:
                        f'runtime_dir = "{state / "run"}"\n[network]\nlisten_host = "127.0.0.1"\n'
                        f"listen_port = {self.port}\nseeds = [{seed_list}]\n"
                        f"[timeouts]\nkeepalive = 1.0\nreconnect_base = 0.05\nreconnect_cap = 0.5\n"
-                       f"[dht]\nrpc_timeout = 1.0\n")
+                       f"[dht]\nrpc_timeout = 1.0\n"
+                       '[metrics]\nlisten = ""\n')  # processes at once would share 9464
         import os
 
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}

@@ -248,7 +248,7 @@ class Node:
                           sessions=lambda: pool.peers() + pool.clients(), counters=counters,
                           watch_peers=listeners.append,
                           unwatch_peers=lambda f: listeners.remove(f) if f in listeners else None,
-                          commands=self.dht.control_commands())
+                          commands={**self.dht.control_commands(), "mesh": self._cmd_mesh})
 
     def _spawn(self, coro: Any) -> asyncio.Task:
         task = asyncio.get_running_loop().create_task(coro)
@@ -365,6 +365,46 @@ class Node:
             session.send(Error(int(ErrorCode.INTERNAL), "internal error", msg.TYPE))
 
     # -- views ----------------------------------------------------------------------
+    async def _cmd_mesh(self, _req: dict[str, Any]) -> dict[str, Any]:
+        """`macula mesh`: every node this one knows of, from the cluster's roster, its
+        sessions and its DHT routing table, with role and (for the connected) RTT."""
+        from macula.dht.ids import CLIENT_CAP
+
+        assert self.pool is not None and self.dht is not None
+        nodes: dict[bytes, dict[str, Any]] = {}
+
+        def entry(node_id: bytes) -> dict[str, Any]:
+            return nodes.setdefault(node_id, {
+                "name": None, "node_id": node_id.hex(), "role": None, "address": None,
+                "rtt_ms": None, "connected": False, "cluster": None, "in_dht_table": False})
+
+        me = entry(self.node_id)
+        me.update(name=self.name, role="dht-client" if self.dht.client_mode else "node",
+                  address="%s:%d" % self.host.advertise if self.host else None, self=True)
+        cluster = self.cluster.status() if self.cluster and self.cfg.cluster.name else None
+        for m in cluster["roster"] if cluster else ():
+            e = entry(bytes.fromhex(m["node_id"]))
+            e["cluster"] = m["state"]
+            e["name"] = e["name"] or (m["name"] if m["name"] != "?" else None)
+            e["address"] = e["address"] or m["address"]
+        for c in self.dht.core.table:
+            e = entry(c.node_id)
+            e["in_dht_table"] = True
+            e["address"] = e["address"] or f"{c.host}:{c.port}"
+        for s in self.pool.peers():
+            p = s.peer
+            assert p is not None
+            e = entry(p.node_id)
+            e.update(name=p.name, connected=True,
+                     role="dht-client" if CLIENT_CAP in p.caps else "node",
+                     rtt_ms=None if s.rtt is None else round(s.rtt * 1000, 3))
+            if p.listen is not None and p.listen[0] not in ("0.0.0.0", "::"):
+                e["address"] = "%s:%d" % tuple(p.listen)
+        others = sorted((e for n, e in nodes.items() if n != self.node_id),
+                        key=lambda e: (e["cluster"] is None, e["name"] or "~", e["node_id"]))
+        return {"realm": self.cfg.node.realm, "cluster": self.cfg.cluster.name or None,
+                "nodes": [me, *others]}
+
     def status(self) -> dict[str, Any]:
         """What `macula status` shows: identity, peers with RTT, memory against the
         budget, the limits in force, and the subsystems' counters."""
@@ -392,10 +432,11 @@ class Node:
             "uptime_s": round(time.monotonic() - self.started_at, 1),
             "peers": peers,
             "sessions": roles,
-            # A seed that dialled us first is connected, though our own dial to it was
-            # refused as a duplicate (the pool keeps that refusal as the seed's last error).
-            "seeds": {f"{h}:{p}": "" if f"{h}:{p}" in addresses else err
-                      for (h, p), err in self.pool.wanted().items()},
+            # 'connected', 'dialling', 'unreachable: why' or 'refused: why'. A seed that
+            # dialled us first is connected, though our own dial to it was refused as a
+            # duplicate (the pool keeps that refusal as the seed's last error).
+            "seeds": {f"{h}:{p}": "connected" if f"{h}:{p}" in addresses else state
+                      for (h, p), state in self.pool.seed_states().items()},
             "memory": {"rss_mib": round(rss / (1 << 20), 1),
                        "budget_mib": limits["agent_memory_mib"],
                        "budget_used": round(rss / (limits["agent_memory_mib"] << 20), 3)},

@@ -105,7 +105,8 @@ async def test_status_through_control_socket(operated, tmp_path):
     assert "of the agent's 256 MiB budget" in text
     assert f"metrics  http://127.0.0.1:{port}/metrics" in text
     assert "peers    2 (1 client, 1 node)" in text
-    assert "beta" in text and "max_peers=64" in text
+    assert "beta" in text and "max_peers=64" not in text  # limits only with --limits
+    assert "max_peers=64" in render_status(st, limits=True)
 
 
 async def test_status_cli_json(operated, tmp_path, capsys):

@@ -45,7 +45,7 @@ if macula status >/dev/null 2>&1; then
         && pass "memory within the agent's budget" || fail "memory over the agent's budget"
     seeds=$(json 'len(st["seeds"])')
     if [ "$seeds" -gt 0 ]; then
-        connected=$(json 'sum(1 for e in st["seeds"].values() if not e)')
+        connected=$(json 'sum(1 for e in st["seeds"].values() if e == "connected")')
         [ "$connected" -gt 0 ] && pass "$connected of $seeds seed(s) connected" \
             || fail "no seed connected: $(json 'st["seeds"]')"
     fi

@@ -137,7 +137,7 @@ def test_two_installs_join_as_a_mesh(mesh):
     sa, sb = sysenv.wait_for(joined, 60, "each node to list the other as a peer with an RTT")
     assert all(p["role"] == "node" for p in sa["peers"] + sb["peers"])
     assert {p["name"] for p in sa["peers"]} == {b.name}
-    assert list(sa["seeds"].values()) == [""] and list(sb["seeds"].values()) == [""]
+    assert list(sa["seeds"].values()) == ["connected"] and list(sb["seeds"].values()) == ["connected"]
 
 
 def test_journal_has_structured_fields(mesh):

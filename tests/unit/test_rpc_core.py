@@ -21,6 +21,7 @@ class Providers:
     def cached(self, procedure): return self.known.get(procedure)
     def local_changed(self, procedure, served): self.changes.append((procedure, served))
     def forget(self, node_id): self.forgotten.append(node_id)
+    def returned(self, node_id): self.forgotten.remove(node_id)
 
 
 def make(max_pending=100):

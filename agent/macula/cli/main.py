@@ -21,6 +21,41 @@ def _count(least: int):
     return count
 
 
+def _int_range(least: int, most: int):
+    def integer(text: str) -> int:
+        n = int(text)
+        if not least <= n <= most:
+            raise argparse.ArgumentTypeError(f"expected an integer in {least}..{most}, got {n}")
+        return n
+    return integer
+
+
+def _seconds(text: str) -> float:
+    """A duration: a finite number of seconds > 0 (0 would mean 'at once' to some options
+    and 'never' to others: neither is asked for by typing it)."""
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text!r}")
+    return value
+
+
+def _realm(text: str) -> str:
+    from macula.wire.fields import FieldError
+    from macula.wire.messages import REGISTRY, MsgType
+
+    try:
+        dict(REGISTRY[MsgType.CONNECT].validators)["realm"](text)
+    except FieldError as exc:
+        raise argparse.ArgumentTypeError(f"realm {exc} (1-64 letters, digits, '.', '_', '-'; "
+                                         "first a letter or digit)") from None
+    return text
+
+
 def _node_address(text: str) -> str:
     """--node is checked before connecting: a bad one is a one-line usage error, exit 2."""
     import socket
@@ -58,65 +93,116 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"macula {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
-    def with_config(sp: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    def with_config(sp: argparse.ArgumentParser, what: str = "") -> argparse.ArgumentParser:
         sp.add_argument("--config", "-c", metavar="FILE",
-                        help="TOML config (default: $MACULA_CONFIG or /etc/macula/agent.toml)")
+                        help=f"the node's TOML config{what} (default: $MACULA_CONFIG, else "
+                             "/etc/macula/agent.toml if it exists, else the built-in defaults)")
         return sp
 
+    json_help = "print JSON instead of text"
+    ask = ": where its control socket is ([node] runtime_dir)"
     with_config(sub.add_parser("run", help="run a node in the foreground"))
     hw = sub.add_parser("hw", help="detected board, hardware profile and every derived limit")
-    hw.add_argument("--json", action="store_true")
+    hw.add_argument("--json", action="store_true", help=json_help)
     hw.add_argument("--systemd-dropin", action="store_true",
                     help="the MemoryMax=/CPUQuota= drop-in for this machine")
     demo = sub.add_parser("demo", help="a local mesh of real nodes on loopback")
-    demo.add_argument("--nodes", type=int, default=5, help="how many nodes (default 5)")
-    demo.add_argument("--duration", type=float, default=10.0, help="seconds to run (default 10)")
+    demo.add_argument("--nodes", type=_int_range(1, 200), default=5,
+                      help="how many nodes, 1-200 (default 5)")
+    demo.add_argument("--duration", type=_seconds, default=10.0,
+                      help="how long to run, in seconds (default 10)")
     keys = sub.add_parser("keys", help="this node's identity and pinned peers")
     keys_sub = keys.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
-    with_config(keys_sub.add_parser("show", help="node id, keys and pinned peers"))
-    forget = with_config(keys_sub.add_parser("forget", help="drop the pin of a reinstalled peer"))
-    forget.add_argument("name")
-    forget.add_argument("--realm")
+    with_config(keys_sub.add_parser("show", help="node id, keys and pinned peers"),
+                ": where its state is ([node] state_dir)")
+    forget = with_config(keys_sub.add_parser("forget", help="drop the pin of a reinstalled peer"),
+                         ": where its state is ([node] state_dir)")
+    forget.add_argument("name", help="the peer's node name, as `macula keys show` lists it")
+    forget.add_argument("--realm", help="the realm of the pin to drop (default: every realm)")
     cfg = sub.add_parser("config", help="show or check configuration")
     cfg_sub = cfg.add_subparsers(dest="config_command", metavar="ACTION", required=True)
     with_config(cfg_sub.add_parser("show", help="the effective configuration"))
     cfg_sub.add_parser("defaults", help="a commented file with every key at its default")
     check = cfg_sub.add_parser("check", help="validate a config file")
-    check.add_argument("file")
-    status = with_config(sub.add_parser("status", help="ask the running node how it is"))
-    status.add_argument("--json", action="store_true")
-    disc = with_config(sub.add_parser("discover", help="live providers of a service (DHT)"))
-    disc.add_argument("service")
-    disc.add_argument("--json", action="store_true")
-    adv = with_config(sub.add_parser("advertise", help="advertise this node as a provider"))
-    adv.add_argument("service")
-    adv.add_argument("--ttl", type=int, default=300)
-    adv.add_argument("--meta", action="append", default=[], metavar="KEY=VALUE")
-    dht = with_config(sub.add_parser("dht", help="the running node's routing table"))
-    dht.add_argument("--json", action="store_true")
+    check.add_argument("file", help="the TOML file to check")
+    status = with_config(sub.add_parser("status", help="ask the running node how it is"), ask)
+    status.add_argument("--json", action="store_true", help=json_help)
+    status.add_argument("--limits", action="store_true",
+                        help="also list every limit in force (the JSON always has them)")
+    disc = with_config(sub.add_parser("discover", help="live providers of a service (DHT)"), ask)
+    disc.add_argument("service", help="the service name (1-64 letters, digits, '.', '_', '-')")
+    disc.add_argument("--json", action="store_true", help=json_help)
+    adv = with_config(sub.add_parser("advertise", help="advertise this node as a provider"), ask)
+    adv.add_argument("service", help="the service name (1-64 letters, digits, '.', '_', '-')")
+    adv.add_argument("--ttl", type=_int_range(1, 86400), default=300,
+                     help="lifetime of the DHT record, in seconds, 1-86400 (default 300); the "
+                          "node republishes it while it runs, so the record outlives the node "
+                          "by at most this long")
+    adv.add_argument("--meta", action="append", default=[], metavar="KEY=VALUE",
+                     help="metadata stored with the record (repeat for several keys)")
+    wd = with_config(sub.add_parser("withdraw", help="stop advertising a service from this "
+                                                     "node and delete its record"), ask)
+    wd.add_argument("service", help="the service name given to `macula advertise`")
+    dht = with_config(sub.add_parser("dht", help="the running node's routing table"), ask)
+    dht.add_argument("--json", action="store_true", help=json_help)
+    mesh = with_config(sub.add_parser("mesh", help="every node the running node knows: its "
+                                                   "cluster, its peers, its DHT contacts"), ask)
+    mesh.add_argument("--json", action="store_true", help=json_help)
 
     def client(sp: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        sp.add_argument("--node", default="127.0.0.1:9443", type=_node_address,
-                        help="node to attach to (host:port)")
-        sp.add_argument("--realm", default="default")
+        with_config(sp, ": --node and --realm default to its listen address and realm")
+        sp.add_argument("--node", type=_node_address, metavar="HOST:PORT",
+                        help="node to attach to (default: the config's network.listen_host "
+                             "and listen_port, 127.0.0.1 for a wildcard host; without a "
+                             "config 127.0.0.1:9443)")
+        sp.add_argument("--realm", type=_realm,
+                        help="the node's realm (default: the config's node.realm; without a "
+                             "config 'default')")
         return sp
 
     p_pub = client(sub.add_parser("pub", help="publish a message"))
-    p_pub.add_argument("topic")
+    p_pub.add_argument("topic", help="a concrete topic, tokens separated by '.'")
     p_pub.add_argument("message", help="the payload; '-' reads stdin")
-    p_pub.add_argument("--count", type=_count(1), default=1)
+    p_pub.add_argument("--count", type=_count(1), default=1,
+                       help="publish it this many times, >= 1 (default 1)")
     p_sub = client(sub.add_parser("sub", help="print messages matching a pattern"))
-    p_sub.add_argument("pattern")
+    p_sub.add_argument("pattern", help="topic pattern: '*' matches one token, '>' the rest")
     p_sub.add_argument("--group", type=_group, help="queue group: one member gets each message")
-    p_sub.add_argument("--count", type=_count(0), default=0, help="stop after this many")
-    p_sub.add_argument("--timeout", type=float, default=0, help="stop after this many seconds")
+    p_sub.add_argument("--count", type=_count(0), default=0,
+                       help="stop after this many messages (default 0: no limit)")
+    p_sub.add_argument("--timeout", type=_seconds,
+                       help="stop after this many seconds (default: run until Ctrl-C)")
     p_call = client(sub.add_parser("call", help="call a procedure"))
-    p_call.add_argument("procedure")
-    p_call.add_argument("args", nargs="?", default="")
-    p_call.add_argument("--timeout", type=float, default=5.0)
+    p_call.add_argument("procedure", help="the procedure name (1-60 letters, digits, '.', '_', '-')")
+    p_call.add_argument("args", nargs="?", default="", help="the argument bytes (default empty)")
+    p_call.add_argument("--timeout", type=_seconds, default=5.0,
+                        help="give up after this many seconds (default 5)")
     p_echo = client(sub.add_parser("serve-echo", help="serve a procedure that echoes its input"))
-    p_echo.add_argument("--procedure", default="echo")
+    p_echo.add_argument("--procedure", default="echo",
+                        help="the procedure name to serve (default 'echo')")
     return p
+
+
+def node_target(cfg) -> str:
+    """host:port a light client on this machine reaches the configured node at."""
+    host, port = cfg.network.listen_host, cfg.network.listen_port
+    if port == 0:
+        raise ConfigError(f"network.listen_port = 0 in {cfg.source}: the node picks a free "
+                          "port when it starts; pass --node host:port")
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _client_target(args: argparse.Namespace) -> None:
+    """--node and --realm not given come from the config (--config, $MACULA_CONFIG, the
+    system file), like a saved `nats context`; with both given no config is read."""
+    if args.node is not None and args.realm is not None:
+        return
+    cfg = _load(args)
+    if args.node is None:
+        args.node = node_target(cfg)
+    if args.realm is None:
+        args.realm = cfg.node.realm
 
 
 def _load(args: argparse.Namespace):
@@ -163,9 +249,6 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "demo":
         from macula.cli.demo import run_demo
 
-        if not 1 <= args.nodes <= 200:
-            print("macula: --nodes must be between 1 and 200", file=sys.stderr)
-            return 2
         setup_logging("warning")
         return asyncio.run(run_demo(args.nodes, args.duration))
     if args.command == "keys":
@@ -180,13 +263,14 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command in ("pub", "sub", "call", "serve-echo"):
         from macula.cli import messaging
 
+        _client_target(args)
         setup_logging("warning")
         return asyncio.run(getattr(messaging, args.command.replace("-", "_"))(args))
     if args.command == "status":
         from macula.cli.status import print_status
 
-        return print_status(_load(args), args.json)
-    if args.command in ("discover", "advertise", "dht"):
+        return print_status(_load(args), args.json, args.limits)
+    if args.command in ("discover", "advertise", "withdraw", "dht", "mesh"):
         from macula.cli import dht as dht_cli
 
         return getattr(dht_cli, args.command)(_load(args), args)

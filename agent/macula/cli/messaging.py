@@ -9,8 +9,18 @@ import sys
 from macula.client import CallError, connect
 
 
-async def _client(args):
-    return await connect(args.node, realm=args.realm, name="cli")
+async def _client(args, *, watch: bool = False):
+    """Attached to --node. Long-running commands (``watch``) say on stderr when the link
+    to the node goes and comes back, instead of going silent."""
+    if not watch:
+        return await connect(args.node, realm=args.realm, name="cli", reconnect=False)
+    return await connect(args.node, realm=args.realm, name="cli",
+                         on_disconnect=lambda err: _say(f"disconnected: {err.message}"),
+                         on_reconnect=lambda where: _say(f"reconnected to {where}"))
+
+
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
 async def pub(args) -> int:
@@ -24,7 +34,7 @@ async def pub(args) -> int:
 
 
 async def sub(args) -> int:
-    async with await _client(args) as c:
+    async with await _client(args, watch=True) as c:
         s = c.subscribe(args.pattern, group=args.group)
         await c.flush()
         print(f"subscribed to {args.pattern} on {c.node_name}; Ctrl-C to stop", file=sys.stderr)
@@ -40,12 +50,12 @@ async def sub(args) -> int:
                 got += 1
                 print(f"{msg.topic} {msg.payload.decode(errors='replace')}", flush=True)
                 if args.count and got >= args.count:
-                    stop.set()
-                    return
+                    break
+            stop.set()  # the count reached, or the client gave up on its node
 
         task = asyncio.ensure_future(consume())
         try:
-            await asyncio.wait_for(stop.wait(), args.timeout) if args.timeout else await stop.wait()
+            await asyncio.wait_for(stop.wait(), args.timeout)  # None: until Ctrl-C
         except asyncio.TimeoutError:
             pass
         task.cancel()
@@ -67,7 +77,7 @@ async def call(args) -> int:
 
 
 async def serve_echo(args) -> int:
-    async with await _client(args) as c:
+    async with await _client(args, watch=True) as c:
         c.register(args.procedure, lambda data: data)
         await c.flush()
         print(f"serving {args.procedure!r} on {c.node_name}; Ctrl-C to stop", file=sys.stderr)

@@ -44,7 +44,7 @@ async def run_node(cfg: Config, fields=None) -> int:
 
 def _status_line(node: Node) -> str:
     pool = node.pool
-    seeds = pool.wanted()
-    up = sum(1 for err in seeds.values() if not err)
+    seeds = pool.seed_states()
+    up = sum(1 for state in seeds.values() if state == "connected")
     return (f"{len(pool.peers())} peers, {len(pool.clients())} clients, "
             f"seeds {up}/{len(seeds)} connected, listening on {node.listen_address[1]}")

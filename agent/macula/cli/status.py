@@ -29,9 +29,9 @@ def control_dir(cfg: Config) -> Path:
     return SERVICE_RUNTIME_DIR if service else own
 
 
-def print_status(cfg: Config, as_json: bool) -> int:
+def print_status(cfg: Config, as_json: bool, limits: bool = False) -> int:
     st = request(control_dir(cfg), "status")
-    print(json.dumps(st, indent=2) if as_json else render_status(st))
+    print(json.dumps(st, indent=2) if as_json else render_status(st, limits=limits))
     return 0
 
 
@@ -46,7 +46,8 @@ def duration(seconds: float) -> str:
     return f"{s // 86400} d {s % 86400 // 3600} h"
 
 
-def render_status(st: dict[str, Any]) -> str:
+def render_status(st: dict[str, Any], *, limits: bool = False) -> str:
+    """The text of `macula status`; the limits in force only with ``limits``."""
     mem = st["memory"]
     lines = [
         f"node     {st['name']} ({st['node_id'][:16]}) realm {st['realm']!r}, v{st['version']}",
@@ -56,8 +57,9 @@ def render_status(st: dict[str, Any]) -> str:
         f"budget ({mem['budget_used'] * 100:.0f} %)",
         f"metrics  {st['metrics'] or 'off'}",
     ]
-    for seed, err in st["seeds"].items():
-        lines.append(f"seed     {seed}  {'connected' if not err else 'unreachable: ' + err}")
+    for seed, state in st["seeds"].items():
+        lines.append(f"seed     {seed}  {state}")
+    lines.extend(_cluster(st.get("cluster")))
     roles = ", ".join(f"{n} {role}" for role, n in sorted(st["sessions"].items()))
     lines.append(f"peers    {len(st['peers'])}" + (f" ({roles})" if roles else ""))
     for p in sorted(st["peers"], key=lambda p: (p["role"], p["name"])):
@@ -69,6 +71,21 @@ def render_status(st: dict[str, Any]) -> str:
             counters = " ".join(f"{k}={len(v) if isinstance(v, (list, dict)) else v}"
                                 for k, v in st[name].items())
             lines.append(f"{name:<8} {counters}")
-    limits = " ".join(f"{k}={v}" for k, v in st["limits"].items())
-    lines.append("limits   " + textwrap.fill(limits, 88, subsequent_indent=" " * 9))
+    if limits:
+        text = " ".join(f"{k}={v}" for k, v in st["limits"].items())
+        lines.append("limits   " + textwrap.fill(text, 88, subsequent_indent=" " * 9))
     return "\n".join(lines)
+
+
+def _cluster(cl: dict[str, Any] | None) -> list[str]:
+    if not cl or not cl.get("name"):
+        return ["cluster  none (a cluster of one: set [cluster] name to join one)"]
+    roster = cl.get("roster", [])
+    alive = sum(1 for m in roster if m["state"] == "alive")
+    lines = [f"cluster  {cl['name']!r}: {alive} of {len(roster)} member(s) alive "
+             f"(at most {cl['max_members']})"]
+    for i, m in enumerate(roster):
+        where = m["address"] or "-"
+        lines.append(f"  {m['name']:<20} {m['node_id'][:12]}  {m['state']:<7} {where}"
+                     f"{'  (this node)' if i == 0 else ''}")
+    return lines

@@ -269,6 +269,10 @@ class ClusterService:
             "max_members": self.settings.max_members,
             "members": 1 + len(core.live()),
             "states": {m.node_id.hex(): m.state for m in self.members()},
+            # this node first; names from the replicated metadata, else its session's
+            "roster": [{"name": m.name or self._name_of(m.node_id), "node_id": m.node_id.hex(),
+                        "address": "%s:%d" % tuple(m.address) if m.address else None,
+                        "state": m.state} for m in self.members()],
             "gossip": {**asdict(core.gossip.stats), "log_entries": entries, "log_bytes": log_bytes},
             "membership": {**asdict(core.swim.stats), "health": core.swim.health,
                            "incarnation": core.swim.incarnation},
@@ -384,7 +388,12 @@ class ClusterService:
 
     def _who(self, node_id: bytes) -> str:
         meta = self.core.metadata(node_id) or {}
-        return f"{meta.get('name', '?')} ({node_id.hex()[:12]})"
+        return f"{meta.get('name') or self._name_of(node_id)} ({node_id.hex()[:12]})"
+
+    def _name_of(self, node_id: bytes) -> str:
+        """A member's name before its metadata is replicated (a join): its session's."""
+        session = self.host.pool.get(node_id)
+        return session.peer.name if session is not None and session.peer else "?"
 
     # ---- metadata -----------------------------------------------------------------------
     def _compose_metadata(self, extra: dict[str, Any]) -> dict[str, Any]:

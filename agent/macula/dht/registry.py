@@ -79,6 +79,10 @@ class ServiceRegistry:
         self._advertised[service] = key
         return op
 
+    def advertised(self) -> list[str]:
+        """The services this node advertises (and republishes) now."""
+        return list(self._advertised)
+
     def withdraw(self, service: str, now: float) -> int:
         """Stop providing ``service`` and delete the record. Reports StoreDone."""
         self._advertised.pop(service, None)

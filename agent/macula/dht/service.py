@@ -200,14 +200,18 @@ class DhtService:
     # -- control socket commands (macula discover / dht / advertise) -----------------
     def control_commands(self) -> dict[str, Any]:
         return {"discover": self._cmd_discover, "dht": self._cmd_table,
-                "advertise": self._cmd_advertise}
+                "advertise": self._cmd_advertise, "withdraw": self._cmd_withdraw}
 
     async def _cmd_discover(self, req: dict[str, Any]) -> Any:
         service = _text(req, "service")
+        try:
+            found = await self.discover(service)
+        except ValueError as exc:  # a bad service name: the user's input, not a bug
+            raise MaculaError(str(exc), code=ErrorCode.BAD_FIELD) from None
         now = self.loop.time()
         return [{"node_id": p.node_id.hex(), "host": p.host, "port": p.port,
                  "metadata": p.metadata, "ttl_left_s": round(p.expires - now, 1)}
-                for p in await self.discover(service)]
+                for p in found]
 
     async def _cmd_advertise(self, req: dict[str, Any]) -> Any:
         service = _text(req, "service")
@@ -221,6 +225,18 @@ class DhtService:
         except ValueError as exc:
             raise MaculaError(str(exc), code=ErrorCode.BAD_FIELD) from None
         return {"service": service, "stored_on": done.stored, "refused_by": done.refused}
+
+    async def _cmd_withdraw(self, req: dict[str, Any]) -> Any:
+        """Stop advertising ``service`` from this node: no more republishing, and the
+        record deleted where it is stored (a record of another node is not touched)."""
+        service = _text(req, "service")
+        advertised = service in self.registry.advertised()
+        try:
+            done = await self.withdraw_service(service)
+        except ValueError as exc:
+            raise MaculaError(str(exc), code=ErrorCode.BAD_FIELD) from None
+        return {"service": service, "was_advertised": advertised, "deleted_on": done.stored,
+                "refused_by": done.refused}
 
     async def _cmd_table(self, _req: dict[str, Any]) -> Any:
         table = self.core.table

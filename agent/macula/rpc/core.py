@@ -32,6 +32,7 @@ from typing import Any, NamedTuple, Protocol
 from macula.errors import ErrorCode
 from macula.rpc.calls import CallsFull, CallTable, PendingCall, choose_provider
 from macula.rpc.local import LocalProcedures
+from macula.rpc.names import procedure_error
 from macula.wire.messages import Call, Reply
 
 
@@ -41,6 +42,7 @@ class ProviderView(Protocol):
     def cached(self, procedure: str) -> list[bytes] | None: ...     # None: not known yet
     def local_changed(self, procedure: str, served: bool) -> None: ...  # advertise / withdraw
     def forget(self, node_id: bytes) -> None: ...                    # its node went away
+    def returned(self, node_id: bytes) -> None: ...                  # a session to it again
 
 
 _EMPTY: tuple = ()
@@ -117,6 +119,11 @@ class RpcCore:
         remote = None if from_node or providers is None else providers.cached(procedure)
         if remote is None and not from_node and providers is not None \
                 and not self.local.providers(procedure):
+            why = procedure_error(procedure)
+            if why is not None:  # a name nobody can advertise: nothing to look up
+                self.table.pop(call.call_id)
+                self._fail(call, ErrorCode.BAD_FIELD, why)
+                return
             waiting = self._discovering.get(procedure)
             if waiting is None:
                 self._discovering[procedure] = [call]
@@ -178,6 +185,11 @@ class RpcCore:
                 self.table.pop(call.call_id)
                 self._fail(call, ErrorCode.NO_RESPONDERS,
                            f"provider of {call.procedure!r} went away during the call")
+
+    def peer_up(self, node_id: bytes) -> None:
+        """A session to another node is up: a provider there may be offered again."""
+        if self.providers is not None:
+            self.providers.returned(node_id)
 
     def is_local_provider(self, node_id: bytes, procedure: str) -> bool:
         return self.local.has(node_id, procedure)

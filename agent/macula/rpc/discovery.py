@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
+from macula.rpc.names import SERVICE_PREFIX
 from macula.runtime.clock import MonotonicClock
 from macula.runtime.ttlcache import TTLCache
 
@@ -29,7 +30,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("macula.rpc")
 
-SERVICE_PREFIX = "rpc."
 GONE_BACKOFF = 10.0  # a provider whose node went away is not offered this long
 
 
@@ -53,8 +53,13 @@ class DhtProviders:
         return [n for n in found if n not in self._unreachable]
 
     def forget(self, node_id: bytes) -> None:
-        """A provider's node went away: do not offer it until discovery finds it again."""
+        """A provider's node went away: do not offer it for GONE_BACKOFF seconds."""
         self._unreachable.set(node_id, True)
+
+    def returned(self, node_id: bytes) -> None:
+        """A session with that node is up again (it restarted, or the path healed): offer
+        it at once; waiting out GONE_BACKOFF left its returning providers unreachable."""
+        self._unreachable.pop(node_id)
 
     async def discover(self, procedure: str) -> list[bytes]:
         self.stats["discoveries"] += 1
@@ -116,6 +121,9 @@ class ClusterProviders:
 
     def forget(self, node_id: bytes) -> None:
         self.dht.forget(node_id)   # cluster members leave the views by membership
+
+    def returned(self, node_id: bytes) -> None:
+        self.dht.returned(node_id)
 
     def _members(self, procedure: str) -> list[bytes]:
         # a member whose dial failed is skipped during its backoff (the cluster may not

@@ -17,6 +17,7 @@ from macula.errors import ErrorCode, MaculaError
 from macula.host import PeerDown, PeerEvent
 from macula.rpc.core import Discover, RpcCore
 from macula.rpc.local import LocalProcedures
+from macula.rpc.names import procedure_error
 from macula.runtime.driver import CoreDriver
 from macula.transport.session import Session, State
 from macula.wire.messages import Call, Register, Reply, Unregister
@@ -35,6 +36,7 @@ class ProviderSource(Protocol):
     async def discover(self, procedure: str) -> list[bytes]: ...
     def local_changed(self, procedure: str, served: bool) -> None: ...  # advertise / withdraw
     def forget(self, node_id: bytes) -> None: ...                    # its node went away
+    def returned(self, node_id: bytes) -> None: ...                  # a session to it again
 
 
 class LocalCaller:
@@ -70,6 +72,11 @@ class RpcService:
 
     # -- registrations ---------------------------------------------------------------
     def _on_register(self, session: Session, msg: Register) -> None:
+        if not self.local.has(session.peer.node_id, msg.procedure):
+            why = procedure_error(msg.procedure)  # the SDK checks first; this is for others
+            if why is not None:
+                self._send(session, Reply(0, False, b"", int(ErrorCode.BAD_FIELD), why))
+                return
         if session.peer.role != "client" or \
                 not self.core.register(session.peer.node_id, msg.procedure):
             self._send(session, Reply(0, False, b"", int(ErrorCode.CALL_OVERLOADED),
@@ -126,9 +133,11 @@ class RpcService:
         self._driver.pump()
 
     def _on_peer(self, event: PeerEvent) -> None:
-        if type(event) is not PeerDown:
-            return
         peer = event.session.peer
+        if type(event) is not PeerDown:
+            if peer is not None and peer.role == "node":
+                self.core.peer_up(peer.node_id)
+            return
         self.core.peer_down(peer.node_id, peer.role == "node", self.loop.time())
         self._driver.pump()
 

@@ -131,6 +131,9 @@ class _Providers:
     def forget(self, node_id: bytes) -> None:
         self.gone.add(node_id)
 
+    def returned(self, node_id: bytes) -> None:
+        self.gone.discard(node_id)
+
 
 class Subscriber:
     __slots__ = ("node_id", "pattern", "group", "incarnation")

@@ -39,6 +39,14 @@ DUPLICATE_GRACE = 2.0  # seconds a retired duplicate session stays open to drain
 Address = tuple[str, int]
 
 
+# refusals a peer answers a dial with that no retry can change until someone fixes a
+# config or a key: such a seed is shown as refused and dialled at most every REFUSED_RETRY s
+REFUSALS = frozenset({ErrorCode.REALM_MISMATCH, ErrorCode.VERSION_MISMATCH,
+                      ErrorCode.IDENTITY_INVALID, ErrorCode.PEER_KEY_CHANGED,
+                      ErrorCode.CERT_REJECTED})
+REFUSED_RETRY = 60.0
+
+
 @dataclass
 class PoolSettings:
     max_peers: int = 256
@@ -58,6 +66,7 @@ class _Wanted:
     next_attempt: float = 0.0
     task: asyncio.Task | None = None
     last_error: str = ""
+    refused: bool = False  # the last error was a refusal (realm, key, certificate, version)
     is_self: bool = False
     tried: asyncio.Event = field(default_factory=asyncio.Event)  # first dial finished
 
@@ -139,6 +148,23 @@ class PeerPool:
     def wanted(self) -> dict[Address, str]:
         """Wanted addresses and their last error ('' when connected)."""
         return {addr: w.last_error for addr, w in self._wanted.items() if not w.is_self}
+
+    def seed_states(self) -> dict[Address, str]:
+        """What each wanted address is now: 'connected', 'dialling' (no attempt has
+        failed since it was last connected), 'unreachable: why' or 'refused: why' (the
+        peer answered and said no: realm, key, certificate or version)."""
+        out = {}
+        for addr, w in self._wanted.items():
+            if w.is_self:
+                continue
+            node_id = self._by_addr.get(addr)
+            if node_id is not None and self.get(node_id) is not None:
+                out[addr] = "connected"
+            elif w.last_error:
+                out[addr] = f"{'refused' if w.refused else 'unreachable'}: {w.last_error}"
+            else:
+                out[addr] = "dialling"
+        return out
 
     # -- lifecycle ------------------------------------------------------------------
     def start(self) -> None:
@@ -287,6 +313,10 @@ class PeerPool:
             self._clients[peer.node_id] = session
             if old is not None:
                 old.close(ErrorCode.DUPLICATE_SESSION, "replaced by a newer session")
+                # a client that reconnects starts afresh and sends its subscriptions and
+                # procedures again: what the old session held goes now, before the new
+                # session's first frame (its _closed no longer finds it in the table)
+                self.on_peer_down(old)
             return
         existing = self._peers.peek(peer.node_id)
         if existing is not None and existing.state is State.ESTABLISHED \
@@ -341,6 +371,7 @@ class PeerPool:
                 if wanted is not None:
                     wanted.backoff.reset()
                     wanted.last_error = ""
+                    wanted.refused = False
             if peer.listen is not None and peer.listen[0] not in ("0.0.0.0", "::"):
                 self._by_addr[peer.listen] = peer.node_id
         self.on_peer_up(session)
@@ -444,15 +475,24 @@ class PeerPool:
             node_id = self._by_addr.get(addr)
             if node_id is not None and self.get(node_id) is not None:
                 w.last_error = ""  # refused as a duplicate of a session it opened to us
+                w.refused = False
                 w.backoff.reset()
                 return
             delay = w.backoff.next_delay()
-            w.next_attempt = self.clock.now() + delay
             message = getattr(exc, "message", None) or str(exc)
-            if message != w.last_error:
+            refused = getattr(exc, "code", None) in REFUSALS
+            if refused:
+                # a config mistake (here or there) does not heal by itself: retry slowly,
+                # and say so at WARNING each time (once per attempt, so rarely)
+                delay = max(delay, REFUSED_RETRY)
+                log.warning("seed %s:%d refused us: %s; retrying in %.0f s", addr[0], addr[1],
+                            message, delay)
+            elif message != w.last_error:
                 log.info("seed %s:%d unreachable (%s); retrying with backoff", addr[0], addr[1],
                          message)
+            w.next_attempt = self.clock.now() + delay
             w.last_error = message
+            w.refused = refused
 
 
 def _source(link: QuicLink) -> str:
