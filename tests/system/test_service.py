@@ -107,7 +107,8 @@ def test_status_and_metrics_inside(mesh):
     assert st["metrics"] == "http://127.0.0.1:9464/metrics"
     text = c.run("macula", "status").stdout
     assert f"node     {c.name} ({st['node_id'][:16]}) realm 'systest'" in text
-    assert "MiB resident of the agent's" in text and "limits   max_peers=" in text
+    assert "MiB resident of the agent's" in text and "limits   " not in text
+    assert "limits   max_peers=" in c.run("macula", "status", "--limits").stdout
     # An operator added to group macula asks the service without any option.
     c.run("useradd", "--create-home", "--groups", "macula", "meshop")
     as_operator = json.loads(c.run("runuser", "-u", "meshop", "--",
