@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Any, Collection, Protocol
 from macula.errors import ErrorCode, MaculaError
 from macula.host import PeerDown, PeerEvent
 from macula.pubsub.core import Hold, NeedInterest, PubSubCore, Release
-from macula.pubsub.local import LocalPublisher, LocalSubscription
 from macula.pubsub.router import PubSubRouter
 from macula.pubsub.topics import TopicError
 from macula.transport.outbox import ByteBudget, FlowGate, Outbox
@@ -29,6 +28,7 @@ from macula.wire.messages import (
 
 if TYPE_CHECKING:
     from macula.host import Host
+    from macula.pubsub.local import LocalPublisher, LocalSubscription
 
 log = logging.getLogger("macula.pubsub")
 
@@ -122,23 +122,27 @@ class PubSubService:
 
     # -- in-process subscribers and publishers (apps, the HTTP gateway) ----------------
     def subscribe_local(self, pattern: str, group: str | None = None, *,
-                        queue_bytes: int | None = None) -> LocalSubscription:
+                        queue_bytes: int | None = None) -> "LocalSubscription":
         """A subscriber inside this process: bounded like a client's outbox, and holds
         the publishers that flood it the same way. Raises TopicError / Overloaded."""
+        from macula.pubsub.local import LocalSubscription  # only nodes that have them
+
         sub = LocalSubscription(self, queue_bytes or self.subscriber_queue_bytes,
                                 self.gate)
         self.core.subscribe(sub, 1, pattern, group)
         return sub
 
-    def unsubscribe_local(self, sub: LocalSubscription) -> None:
+    def unsubscribe_local(self, sub: "LocalSubscription") -> None:
         self.core.drop_owner(sub)
         sub.closed()
 
-    def publisher(self) -> LocalPublisher:
+    def publisher(self) -> "LocalPublisher":
         """A publisher inside this process, held by back-pressure like a client session."""
+        from macula.pubsub.local import LocalPublisher
+
         return LocalPublisher(self)
 
-    def forget_publisher(self, publisher: LocalPublisher) -> None:
+    def forget_publisher(self, publisher: "LocalPublisher") -> None:
         self.gate.forget(publisher)
         self.core.forget_source(publisher)
 
