@@ -19,31 +19,28 @@ import asyncio
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
+from macula.transport.outbox import FlowGate, Holds
 from macula.wire.messages import Deliver
 
 if TYPE_CHECKING:
     from macula.pubsub.service import PubSubService
-    from macula.transport.outbox import FlowGate
 
 OVERHEAD = 96  # bytes charged per message beyond payload and topic
 
 
 class LocalSubscription:
-    def __init__(self, service: "PubSubService", max_bytes: int, gate: "FlowGate") -> None:
+    def __init__(self, service: "PubSubService", max_bytes: int, gate: FlowGate) -> None:
         self._service = service
         self.max_bytes = max_bytes
         self.high = max_bytes // 4
         self.low = max_bytes // 8
-        self._gate = gate
         self._queue: deque[tuple[Deliver, int]] = deque()
         self._bytes = 0
-        self._holders: set[Any] = set()
-        self._hold_timer: asyncio.TimerHandle | None = None
-        self._gave_up = False
+        # a reader that stopped: its own oldest messages are dropped, nobody held
+        self._holds = Holds(gate, lambda: self._holds.give_up())
         self._waiter: asyncio.Future | None = None
         self.dropped = 0
         self.delivered = 0
-        self.holds = 0
         self.open = True
 
     def __len__(self) -> int:
@@ -69,32 +66,11 @@ class LocalSubscription:
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
         if self._bytes > self.high and source is not None:
-            self._hold(source)
+            self._holds.hold(source)
 
-    def _hold(self, source: Any) -> None:
-        gate = self._gate
-        if self._gave_up or source in self._holders or gate.max_hold <= 0:
-            return
-        self._holders.add(source)
-        self.holds += 1
-        gate.acquire(source)
-        if self._hold_timer is None:
-            self._hold_timer = asyncio.get_running_loop().call_later(gate.max_hold,
-                                                                     self._hold_expired)
-
-    def _hold_expired(self) -> None:
-        self._hold_timer = None
-        if self._holders:
-            self._gave_up = True  # the reader stopped: drop its oldest, hold nobody
-            self._release()
-
-    def _release(self) -> None:
-        if self._hold_timer is not None:
-            self._hold_timer.cancel()
-            self._hold_timer = None
-        holders, self._holders = self._holders, set()
-        for source in holders:
-            self._gate.release(source)
+    @property
+    def holds(self) -> int:
+        return self._holds.count
 
     # -- the reader's side -------------------------------------------------------------
     def get_nowait(self) -> Deliver | None:
@@ -103,9 +79,10 @@ class LocalSubscription:
         msg, n = self._queue.popleft()
         self._bytes -= n
         if self._bytes <= self.low:
-            self._gave_up = False
-            if self._holders:
-                self._release()
+            holds = self._holds
+            holds.gave_up = False
+            if holds.sources:
+                holds.release()
         return msg
 
     async def next(self, timeout: float | None = None) -> Deliver:
@@ -136,7 +113,7 @@ class LocalSubscription:
         self.open = False
         self._queue.clear()
         self._bytes = 0
-        self._release()
+        self._holds.release()
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
 

@@ -88,10 +88,56 @@ class FlowGate:
         return len(self._held)
 
 
+class Holds:
+    """The sources one congested sink (an outbox, an in-process subscriber) holds back
+    through the gate: each once, all released together, for at most ``max_hold``; then
+    ``on_expired`` decides (give up, or renew)."""
+
+    __slots__ = ("gate", "sources", "timer", "gave_up", "count", "_on_expired")
+
+    def __init__(self, gate: FlowGate | None, on_expired: Callable[[], None]) -> None:
+        self.gate = gate
+        self.sources: set[Any] = set()
+        self.timer: asyncio.TimerHandle | None = None
+        self.gave_up = False               # held past max_hold: hold nobody until drained
+        self.count = 0                     # sources held, ever
+        self._on_expired = on_expired
+
+    def hold(self, source: Any) -> None:
+        gate = self.gate
+        if gate is None or self.gave_up or source in self.sources or gate.max_hold <= 0:
+            return
+        self.sources.add(source)
+        self.count += 1
+        gate.acquire(source)
+        if self.timer is None:
+            self.arm(gate.max_hold)
+
+    def arm(self, seconds: float) -> None:
+        self.timer = asyncio.get_running_loop().call_later(seconds, self._expired)
+
+    def _expired(self) -> None:
+        self.timer = None
+        if self.sources:
+            self._on_expired()
+
+    def give_up(self) -> None:
+        self.gave_up = True
+        self.release()
+
+    def release(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        sources, self.sources = self.sources, set()
+        for source in sources:
+            self.gate.release(source)
+
+
 class Outbox:
     __slots__ = ("session", "max_bytes", "budget", "gate", "high", "low", "_queue", "_bytes",
-                 "_drainer", "dropped", "sent", "_holders", "_hold_timer", "_gave_up",
-                 "_paused_until", "_pause_timer", "_resume", "holds")
+                 "_drainer", "dropped", "sent", "_holds", "_paused_until", "_pause_timer",
+                 "_resume")
 
     def __init__(self, session: Session, max_bytes: int, budget: ByteBudget,
                  gate: FlowGate | None = None) -> None:
@@ -108,10 +154,7 @@ class Outbox:
         self._drainer: asyncio.Task | None = None
         self.dropped = 0
         self.sent = 0
-        self.holds = 0                     # sessions held back by this outbox, ever
-        self._holders: set[Session] = set()
-        self._hold_timer: asyncio.TimerHandle | None = None
-        self._gave_up = False              # held past max_hold: drop-oldest until drained
+        self._holds = Holds(gate, self._hold_expired)
         self._paused_until = 0.0           # a peer node asked us to wait (loop time)
         self._pause_timer: asyncio.TimerHandle | None = None
         self._resume: asyncio.Future | None = None
@@ -158,50 +201,34 @@ class Outbox:
             self.hold(source)
         return False
 
+    @property
+    def holds(self) -> int:
+        """Sessions held back by this outbox, ever."""
+        return self._holds.count
+
     def hold(self, source: Session) -> None:
         """Hold back ``source`` until this outbox drains (or ``max_hold`` passes)."""
-        gate = self.gate
-        if gate is None or self._gave_up or source in self._holders or source is self.session \
-                or gate.max_hold <= 0:
-            return
-        self._holders.add(source)
-        self.holds += 1
-        gate.acquire(source)
-        if self._hold_timer is None:
-            self._hold_timer = asyncio.get_running_loop().call_later(gate.max_hold,
-                                                                     self._hold_expired)
+        if source is not self.session:
+            self._holds.hold(source)
 
     def _hold_expired(self) -> None:
-        self._hold_timer = None
-        if not self._holders:
-            return
-        gate = self.gate
+        holds = self._holds
         if self._paused_until:
             # the peer node holds us: its own hold is bounded and it gives up at its edge,
             # where the stuck subscriber is; giving up here would only drop in the middle
-            for source in self._holders:
-                gate.refresh(source)
-            self._hold_timer = asyncio.get_running_loop().call_later(gate.max_hold / 2,
-                                                                     self._hold_expired)
+            for source in holds.sources:
+                self.gate.refresh(source)
+            holds.arm(self.gate.max_hold / 2)
             return
-        self._gave_up = True  # still congested after max_hold: stop holding, drop oldest
-        self._release()
-
-    def _release(self) -> None:
-        if self._hold_timer is not None:
-            self._hold_timer.cancel()
-            self._hold_timer = None
-        holders, self._holders = self._holders, set()
-        gate = self.gate
-        for source in holders:
-            gate.release(source)
+        holds.give_up()  # still congested after max_hold: stop holding, drop oldest
 
     def _drained(self) -> None:
         """Called as the queue shrinks: below ``low`` the congestion is over."""
         if self._bytes <= self.low and not self._paused_until:
-            self._gave_up = False
-            if self._holders:
-                self._release()
+            holds = self._holds
+            holds.gave_up = False
+            if holds.sources:
+                holds.release()
 
     # -- a peer node's own back-pressure ------------------------------------------------
     def pause(self, seconds: float) -> None:
@@ -261,5 +288,5 @@ class Outbox:
         if self._pause_timer is not None:
             self._pause_timer.cancel()
             self._pause_timer = None
-        if self._holders:
-            self._release()
+        if self._holds.sources:
+            self._holds.release()
