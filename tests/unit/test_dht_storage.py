@@ -139,3 +139,31 @@ def test_accounting_matches_contents(puts):
             assert r.expires > now
     s.sweep(now + 41.0)
     assert s.count == 0 and s._usage == {}
+
+
+def test_a_publisher_at_its_bound_trades_its_oldest_tombstone_for_a_new_record():
+    # clients that come and go with per-session names: every withdrawal leaves a
+    # tombstone, and they must not lock the node out of its own new records
+    s = RecordStore(max_records=100, max_per_publisher=4, max_bytes_per_publisher=1 << 20,
+                    max_ttl=300)
+    pub, other = b"p" * 32, b"o" * 32
+    keys = [bytes([i]) * 32 for i in range(10)]
+    for k in keys[:4]:
+        assert s.put(k, pub, b"v", 300, 0.0, True) is None
+    assert s.put(keys[4], pub, b"v", 300, 0.0, True) == ErrorCode.STORE_REFUSED  # live: bound holds
+    for k in keys[:4]:
+        s.put(k, pub, b"", 0, 1.0, True)                  # withdrawn: 4 tombstones
+    assert s.usage(pub) == (4, 0) and len(s) == 4
+    assert s.put(keys[4], pub, b"v", 300, 2.0, True) is None  # the oldest tombstone goes
+    assert s.usage(pub)[0] == 4 and len(s) == 4
+    # the newer tombstones still keep late replicas of their records out
+    assert s.put(keys[1], other, b"x", 300, 2.0, False) is None  # another publisher: its own
+    assert s.put(keys[1], pub, b"late", 100, 2.0, False) is None
+    assert [r.publisher for r in s.get(keys[1], 3.0)] == [other]
+    # a replica never takes a tombstone's place: the bound holds against it
+    assert s.put(keys[5], pub, b"late", 100, 3.0, False) == ErrorCode.STORE_REFUSED
+    # a tombstoned key stored again by its publisher is live again, no longer a tombstone
+    s.put(keys[2], pub, b"again", 300, 4.0, True)
+    assert [r.value for r in s.get(keys[2], 4.0)] == [b"again"]
+    assert s.sweep(10_000.0) == 5    # other's record, pub's 2 tombstones and 2 live ones
+    assert len(s) == 0 and s.usage(pub) == (0, 0) and s._tombs == {}

@@ -4,6 +4,10 @@ A key maps to one record per publisher (upsert), so many providers of one servic
 share a key. Every record expires (the original's never did); reads never return an
 expired one and ``sweep`` reclaims them. A withdrawal leaves a tombstone until the
 withdrawn record would have expired, so a late replica of it cannot bring it back.
+Tombstones count toward their publisher's bound, but a publisher at its bound that
+stores a new record itself gives up its oldest tombstone for it (a replica never does): a node whose clients come and
+go with names used once (per-session topics and procedures) would otherwise be refused
+its own new records for a record TTL after 256 withdrawals.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ class RecordStore:
         self.max_ttl = max_ttl
         self._keys: dict[bytes, dict[bytes, _Entry]] = {}
         self._usage: dict[bytes, list[int]] = {}   # publisher -> [records, value bytes]
+        self._tombs: dict[bytes, dict[bytes, None]] = {}  # publisher -> tombstoned keys, oldest 1st
         self.count = 0                             # records, tombstones included
 
     def __len__(self) -> int:
@@ -61,6 +66,7 @@ class RecordStore:
             if authoritative and old is not None and old.value is not None:
                 self._account(publisher, 0, -len(old.value))
                 old.value = None
+                self._tombs.setdefault(publisher, {})[key] = None
             return None
         expires = now + min(ttl, self.max_ttl)
         if old is not None and not authoritative and expires <= old.expires:
@@ -70,6 +76,9 @@ class RecordStore:
         records, size = (u[0], u[1]) if u else (0, 0)
         old_size = len(old.value) if old is not None and old.value is not None else 0
         if old is None:
+            if records + 1 > self.max_per_publisher and authoritative \
+                    and self._drop_oldest_tomb(publisher):
+                records -= 1
             if self.count >= self.max_records:
                 return ErrorCode.OVERLOADED
             if records + 1 > self.max_per_publisher:
@@ -83,9 +92,32 @@ class RecordStore:
             self.count += 1
             self._account(publisher, 1, len(value))
         else:
+            if old.value is None:  # a withdrawn record stored again
+                self._forget_tomb(publisher, key)
             self._account(publisher, 0, len(value) - old_size)
             old.value, old.expires, old.refreshed = value, expires, now
         return None
+
+    def _drop_oldest_tomb(self, publisher: bytes) -> bool:
+        tombs = self._tombs.get(publisher)
+        if not tombs:
+            return False
+        key = next(iter(tombs))
+        self._forget_tomb(publisher, key)
+        recs = self._keys[key]
+        del recs[publisher]
+        if not recs:
+            del self._keys[key]
+        self.count -= 1
+        self._account(publisher, -1, 0)
+        return True
+
+    def _forget_tomb(self, publisher: bytes, key: bytes) -> None:
+        tombs = self._tombs.get(publisher)
+        if tombs is not None:
+            tombs.pop(key, None)
+            if not tombs:
+                del self._tombs[publisher]
 
     def _account(self, publisher: bytes, records: int, size: int) -> None:
         u = self._usage.get(publisher)
@@ -110,6 +142,8 @@ class RecordStore:
             recs = self._keys[key]
             for publisher in [p for p, e in recs.items() if e.expires <= now]:
                 e = recs.pop(publisher)
+                if e.value is None:
+                    self._forget_tomb(publisher, key)
                 self._account(publisher, -1, -len(e.value) if e.value is not None else 0)
                 dropped += 1
             if not recs:
