@@ -54,4 +54,4 @@ class Host:
     watch_peers: Callable[[Callable[[PeerEvent], None]], None]
     # spawn(coro): background work the node holds on to (a task nobody references can
     # be collected while it waits) and cancels when it stops
-    spawn: Callable[[Coroutine[Any, Any, Any]], asyncio.Task]
+    spawn: Callable[[Coroutine[Any, Any, Any]], asyncio.Future]   # a done one once stopping

@@ -133,6 +133,7 @@ class Node:
         self.operations: Operations | None = None
         self._peer_listeners: list[Callable[[PeerEvent], None]] = []
         self._tasks: set[asyncio.Task] = set()
+        self._closing = False   # set once stop() has cancelled the services' tasks
 
     # -- composition -----------------------------------------------------------------
     def on(self, msg_cls: type, handler: Handler, accept: Accept | None = None) -> None:
@@ -250,8 +251,14 @@ class Node:
                           unwatch_peers=lambda f: listeners.remove(f) if f in listeners else None,
                           commands={**self.dht.control_commands(), "mesh": self._cmd_mesh})
 
-    def _spawn(self, coro: Any) -> asyncio.Task:
-        task = asyncio.get_running_loop().create_task(coro)
+    def _spawn(self, coro: Any) -> asyncio.Future:
+        loop = asyncio.get_running_loop()
+        if self._closing:  # a service's late work (a debounced advertise) on a stopped node
+            coro.close()
+            done = loop.create_future()
+            done.cancel()
+            return done
+        task = loop.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
@@ -317,6 +324,7 @@ class Node:
             await self.dht.shutdown(self.cfg.timeouts.shutdown)  # withdraw our records
         if self.rpc is not None:
             self.rpc.stop()  # no call deadlines fire on a stopped node
+        self._closing = True
         tasks = list(self._tasks)   # services' background work still running
         for task in tasks:
             task.cancel()
