@@ -32,6 +32,7 @@ class ErrorCode(IntEnum):
     TIMEOUT = 210
     DUPLICATE_SESSION = 211
     PEER_UNREACHABLE = 212
+    CREDENTIAL_INVALID = 213
     # 3xx: messaging (pub/sub, RPC)
     NO_RESPONDERS = 300
     CALL_TIMEOUT = 301
