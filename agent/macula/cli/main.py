@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import sys
+from pathlib import Path
 
 from macula import __version__
 from macula.errors import ConfigError, MaculaError
@@ -119,6 +120,23 @@ def build_parser() -> argparse.ArgumentParser:
                          ": where its state is ([node] state_dir)")
     forget.add_argument("name", help="the peer's node name, as `macula keys show` lists it")
     forget.add_argument("--realm", help="the realm of the pin to drop (default: every realm)")
+    realm = sub.add_parser("realm", help="a realm's authority key and the membership "
+                                         "credentials it signs (offline)")
+    realm_sub = realm.add_subparsers(dest="realm_command", metavar="ACTION", required=True)
+    r_init = realm_sub.add_parser("init", help="make a realm authority key")
+    r_init.add_argument("--key", type=Path, required=True,
+                        help="where to write the private key (must not exist; keep it offline)")
+    r_admit = realm_sub.add_parser("admit", help="sign a membership credential for a node id")
+    r_admit.add_argument("node_id", metavar="NODE_ID", help="the node's id, 64 hex digits")
+    r_admit.add_argument("--key", type=Path, required=True, help="the realm's authority key")
+    r_admit.add_argument("--realm", required=True, help="the realm the credential admits to")
+    r_admit.add_argument("--roles", default="node",
+                         help="comma-separated roles, e.g. node,bridge (default: node)")
+    r_admit.add_argument("--expires", default="365d",
+                         help="lifetime: seconds, or a number with m, h, d (0: never; "
+                              "default 365d)")
+    r_admit.add_argument("--out", type=Path,
+                         help="credential file to write (default: NODE_ID[:16].credential)")
     cfg = sub.add_parser("config", help="show or check configuration")
     cfg_sub = cfg.add_subparsers(dest="config_command", metavar="ACTION", required=True)
     with_config(cfg_sub.add_parser("show", help="the effective configuration"))
@@ -251,6 +269,13 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         setup_logging("warning")
         return asyncio.run(run_demo(args.nodes, args.duration))
+    if args.command == "realm":
+        from macula.cli.realm import realm_admit, realm_init
+
+        if args.realm_command == "init":
+            return realm_init(args.key)
+        roles = [r for r in args.roles.split(",") if r]
+        return realm_admit(args.key, args.realm, args.node_id, roles, args.expires, args.out)
     if args.command == "keys":
         from macula.cli.keys import keys_forget, keys_show
 

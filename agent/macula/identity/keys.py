@@ -60,21 +60,26 @@ def load_or_create_identity(state_dir: Path) -> Identity:
     path = state_dir / IDENTITY_FILE
     if not path.exists():
         write_atomic(path, generate_identity_pem(), 0o600)
+    return Identity(read_private_key(path, "identity key"), path)
+
+
+def read_private_key(path: Path, what: str) -> Ed25519Signer:
+    """An Ed25519 private key file (PEM PKCS#8, mode 0600): the node's identity, or a
+    realm's authority key. StateError naming the file when it is not one."""
     try:
         mode = stat.S_IMODE(os.stat(path).st_mode)
         pem = path.read_bytes()
     except OSError as exc:
-        raise StateError(f"cannot read identity key {path}: {exc.strerror}") from None
+        raise StateError(f"cannot read {what} {path}: {exc.strerror}") from None
     if mode & 0o077:
-        raise StateError(f"identity key {path} is readable by others (mode {mode:o}); "
+        raise StateError(f"{what} {path} is readable by others (mode {mode:o}); "
                          f"run: chmod 600 {path}")
     if PEM_HEADER not in pem:
-        raise StateError(f"identity key {path} is not a PEM PKCS#8 private key")
+        raise StateError(f"{what} {path} is not a PEM PKCS#8 private key")
     try:
-        signer = Ed25519Signer(_pem_to_der(pem))
+        return Ed25519Signer(_pem_to_der(pem))
     except Exception:
-        raise StateError(f"identity key {path} is not a valid Ed25519 key") from None
-    return Identity(signer, path)
+        raise StateError(f"{what} {path} is not a valid Ed25519 key") from None
 
 
 def ephemeral_identity() -> Identity:
