@@ -30,7 +30,7 @@ from macula.metrics import rss_bytes, start_metrics
 from macula.operations import NodeFacts, Operations
 from macula.settings import Settings, derive
 from macula.transport import (
-    CaTrust, Endpoint, PeerPool, Session, SessionConfig, TofuTrust, TrustPolicy,
+    CaTrust, Endpoint, PeerPool, RealmTrust, Session, SessionConfig, TofuTrust, TrustPolicy,
 )
 from macula.transport.budget import ReceiveBudget
 from macula.transport.reach import AddressBook, Reach
@@ -172,6 +172,7 @@ class Node:
             tofu.start()  # pins are written in batches off the loop from now on
             self._tofu = tofu
             trust = TofuTrust(tofu)
+        trust, credential = self._realm_trust(trust, identity.node_id)
         st = self.settings = derive(cfg)
         e = st.endpoint
         self.endpoint = Endpoint(tls, idle_timeout=e.idle_timeout,
@@ -196,7 +197,7 @@ class Node:
             receive_budget=ReceiveBudget(st.session.partial_frame_budget),
             peer_bytes_per_second=st.session.peer_bytes_per_second,
             peer_frames_per_second=st.session.peer_frames_per_second,
-            accepts=self._accepted_types)
+            accepts=self._accepted_types, credential=credential)
         self.pool = PeerPool(self.endpoint, session_cfg, st.pool)
         self.pool.on_peer_up = self._peer_up
         self.pool.on_peer_down = self._peer_down
@@ -250,6 +251,31 @@ class Node:
                           watch_peers=listeners.append,
                           unwatch_peers=lambda f: listeners.remove(f) if f in listeners else None,
                           commands={**self.dht.control_commands(), "mesh": self._cmd_mesh})
+
+    def _realm_trust(self, inner: TrustPolicy, node_id: bytes) -> tuple[TrustPolicy, bytes]:
+        """A closed realm (node.realm_authorities set): peers' credentials are checked
+        before the inner policy, and this node's own credential must admit it, else the
+        node does not start (one line naming the key)."""
+        n = self.cfg.node
+        if not n.realm_authorities:
+            log.info("realm %r is open: any node that knows its name may join "
+                        "(set node.realm_authorities to close it; docs/AUTH.md)", n.realm)
+            return inner, b""
+        from macula.identity.realm import CredentialError, verify
+
+        authorities = [bytes.fromhex(k) for k in n.realm_authorities]
+        if not n.realm_credential:
+            raise ConfigError("node.realm_credential: a closed realm needs this node's "
+                              f"credential (`macula realm admit {node_id.hex()}`)")
+        with _names_key("node.realm_credential", n.realm_credential):
+            credential = Path(n.realm_credential).read_bytes()
+        try:
+            verify(credential, realm=n.realm, node_id=node_id, authorities=authorities,
+                   now=time.time())
+        except CredentialError as exc:
+            raise ConfigError(f"node.realm_credential = {n.realm_credential!r}: "
+                              f"{exc.message}") from None
+        return RealmTrust(inner, authorities, time.time), credential
 
     def _spawn(self, coro: Any) -> asyncio.Future:
         loop = asyncio.get_running_loop()
@@ -435,6 +461,8 @@ class Node:
         rss = rss_bytes()
         return {
             "name": self.name, "node_id": self.node_id.hex(), "realm": self.cfg.node.realm,
+            # 'open' (development: anyone who knows the name) or 'closed' (credentials)
+            "realm_mode": "closed" if self.cfg.node.realm_authorities else "open",
             "version": __version__, "tls_mode": self.cfg.tls.mode,
             "listen": f"{self.listen_address[0]}:{self.listen_address[1]}" if self.listen_address else None,
             "uptime_s": round(time.monotonic() - self.started_at, 1),

@@ -177,7 +177,8 @@ class _RefuseAll:
     def __init__(self) -> None:
         self.asked: list[tuple] = []
 
-    def check(self, realm, name, identity_key, cert_der, chain_der, pin) -> None:
+    def check(self, realm, name, identity_key, cert_der, chain_der, pin, node_id=b"",
+              credential=b"") -> None:
         self.asked.append((realm, name, identity_key, cert_der, tuple(chain_der), pin))
         raise SessionRefused(f"{name} is not a member", code=ErrorCode.CERT_REJECTED)
 

@@ -50,7 +50,8 @@ def render_status(st: dict[str, Any], *, limits: bool = False) -> str:
     """The text of `macula status`; the limits in force only with ``limits``."""
     mem = st["memory"]
     lines = [
-        f"node     {st['name']} ({st['node_id'][:16]}) realm {st['realm']!r}, v{st['version']}",
+        f"node     {st['name']} ({st['node_id'][:16]}) realm {st['realm']!r} "
+        f"({st.get('realm_mode', 'open')}), v{st['version']}",
         f"listen   {st['listen']}  TLS {st['tls_mode']}  up {duration(st['uptime_s'])}  "
         f"profile {st['hw_profile']}",
         f"memory   {mem['rss_mib']:.1f} MiB resident of the agent's {mem['budget_mib']} MiB "

@@ -82,6 +82,12 @@ def parse_address(text: str, default_port: int) -> tuple[str, int]:
     return host, default_port
 
 
+def authority_keys(v: Any) -> None:
+    for item in v:
+        if not re.fullmatch(r"[0-9a-fA-F]{64}", item):
+            raise ValueError("Ed25519 public keys of 64 hex digits")
+
+
 def seed_list(v: Any) -> None:
     for item in v:
         parse_address(item, 1)
@@ -98,6 +104,12 @@ class NodeConfig:
                             default="")
     log_level: str = _opt("debug, info, warning or error",
                           one_of("debug", "info", "warning", "error"), default="info")
+    realm_authorities: tuple[str, ...] = _opt(
+        "closed realm: the authority keys (64 hex digits each, `macula realm init` prints "
+        "one) whose credentials admit a node; empty = an open realm, for development: "
+        "anyone who knows its name is in", authority_keys, default=())
+    realm_credential: str = _opt("closed realm: this node's membership credential file "
+                                 "(`macula realm admit`)", default="")
 
 
 @dataclass(frozen=True)

@@ -15,13 +15,14 @@ session settings: pins on first use (development), a CA bundle (production), or 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, NamedTuple, Protocol, Sequence
+from typing import TYPE_CHECKING, Callable, Collection, NamedTuple, Protocol, Sequence
 
 from macula.errors import ErrorCode, SessionRefused
 from macula.identity.binding import (
     bind_message, check_chain, check_dialer_binding, check_identity, identity_message,
 )
 from macula.identity.crypto import cert_public_key
+from macula.identity.realm import CredentialError, verify
 from macula.wire.codec import PROTOCOL_VERSION
 from macula.wire.messages import Connect, Connected, Error
 
@@ -60,11 +61,13 @@ class PeerInfo(NamedTuple):
 # -- trust ------------------------------------------------------------------------------
 class TrustPolicy(Protocol):
     def check(self, realm: str, name: str, identity_key: bytes, cert_der: bytes | None,
-              chain_der: Sequence[bytes], pin: bool) -> None:
-        """Raise SessionRefused unless this peer, already proved to own ``identity_key``,
-        may hold a session. ``cert_der`` is None on the dialer side, where the TLS
-        handshake authenticated the acceptor's certificate; ``pin`` is False for a light
-        client, whose name may be shared by many ephemeral identities."""
+              chain_der: Sequence[bytes], pin: bool, node_id: bytes = b"",
+              credential: bytes = b"") -> None:
+        """Raise SessionRefused unless this peer, already proved to own ``identity_key``
+        (and so ``node_id``), may hold a session. ``cert_der`` is None on the dialer
+        side, where the TLS handshake authenticated the acceptor's certificate; ``pin``
+        is False for a light client, whose name may be shared by many ephemeral
+        identities; ``credential`` is the realm membership it presented (or b"")."""
 
 
 class OpenTrust:
@@ -72,7 +75,8 @@ class OpenTrust:
     tests, benchmarks)."""
 
     def check(self, realm: str, name: str, identity_key: bytes, cert_der: bytes | None,
-              chain_der: Sequence[bytes], pin: bool) -> None:
+              chain_der: Sequence[bytes], pin: bool, node_id: bytes = b"",
+              credential: bytes = b"") -> None:
         return None
 
     def __repr__(self) -> str:
@@ -88,7 +92,8 @@ class TofuTrust:
         self.store = store
 
     def check(self, realm: str, name: str, identity_key: bytes, cert_der: bytes | None,
-              chain_der: Sequence[bytes], pin: bool) -> None:
+              chain_der: Sequence[bytes], pin: bool, node_id: bytes = b"",
+              credential: bytes = b"") -> None:
         if pin:
             self.store.check_and_pin(realm, name, identity_key)
 
@@ -105,12 +110,46 @@ class CaTrust:
         self.ca_file = ca_file
 
     def check(self, realm: str, name: str, identity_key: bytes, cert_der: bytes | None,
-              chain_der: Sequence[bytes], pin: bool) -> None:
+              chain_der: Sequence[bytes], pin: bool, node_id: bytes = b"",
+              credential: bytes = b"") -> None:
         if cert_der is not None:
             check_chain(cert_der, list(chain_der), self.ca_file)
 
     def __repr__(self) -> str:
         return f"CaTrust({self.ca_file!r})"
+
+
+class RealmTrust:
+    """A closed realm: a node must present a membership credential signed by one of the
+    realm's authority keys (identity/realm.py) before anything else counts; then the
+    ``inner`` policy (TOFU, CA) decides, so TOFU pins only admitted nodes and nobody can
+    squat a name. Light clients are not asked for one yet (docs/AUTH.md)."""
+
+    def __init__(self, inner: TrustPolicy, authorities: Sequence[bytes],
+                 clock: Callable[[], float], revoked: Callable[[], Collection[bytes]] = frozenset
+                 ) -> None:
+        self.inner = inner
+        self.authorities = frozenset(authorities)
+        self.clock = clock          # wall clock (credentials carry Unix times)
+        self.revoked = revoked
+        self.refused = 0
+
+    def check(self, realm: str, name: str, identity_key: bytes, cert_der: bytes | None,
+              chain_der: Sequence[bytes], pin: bool, node_id: bytes = b"",
+              credential: bytes = b"") -> None:
+        if pin:  # a node (clients are admitted by the node they attach to)
+            try:
+                verify(credential, realm=realm, node_id=node_id, authorities=self.authorities,
+                       now=self.clock(), revoked=self.revoked())
+            except CredentialError as exc:
+                self.refused += 1
+                raise SessionRefused(f"realm {realm!r}: {exc.message}",
+                                     code=ErrorCode.CREDENTIAL_INVALID) from None
+        self.inner.check(realm, name, identity_key, cert_der, chain_der, pin, node_id,
+                         credential)
+
+    def __repr__(self) -> str:
+        return f"RealmTrust({len(self.authorities)} authorities, {self.inner!r})"
 
 
 def default_trust(tls: "TlsMaterial") -> TrustPolicy:
@@ -148,6 +187,7 @@ class LocalSide(Protocol):
     boot: bytes
     credentials: LocalCredentials
     trust: TrustPolicy
+    credential: bytes     # this side's realm membership (b"": none)
 
 
 # -- the handshake ----------------------------------------------------------------------
@@ -160,7 +200,8 @@ def build_connect(local: LocalSide, odcid: bytes, peer_cert_der: bytes | None) -
     return Connect(
         PROTOCOL_VERSION, local.identity.node_id, local.realm, local.role, local.name,
         local.listen, local.identity.public_key, local.credentials.identity_sig,
-        local.tls.cert_der, cert_sig, local.tls.chain_der, local.caps, local.boot)
+        local.tls.cert_der, cert_sig, local.tls.chain_der, local.caps, local.boot,
+        local.credential)
 
 
 def accept_connect(local: LocalSide, msg: Connect, odcid: bytes,
@@ -173,7 +214,7 @@ def accept_connect(local: LocalSide, msg: Connect, odcid: bytes,
     check_dialer_binding(msg.cert, msg.cert_sig, odcid, local.credentials.cert_key)
     # light clients are often ephemeral identities under one name: never pinned
     local.trust.check(local.realm, msg.name, msg.identity_key, msg.cert, msg.chain,
-                      pin=msg.role == "node")
+                      pin=msg.role == "node", node_id=msg.node_id, credential=msg.credential)
     return PeerInfo(msg.node_id, msg.name, msg.realm, msg.role,
                     _reachable(msg.listen, remote_addr), msg.identity_key, tuple(msg.caps),
                     _seen_at(remote_addr), msg.boot)
@@ -185,7 +226,7 @@ def build_connected(local: LocalSide, peer: PeerInfo) -> Connected:
     return Connected(
         PROTOCOL_VERSION, local.identity.node_id, local.realm, local.name, local.listen,
         local.identity.public_key, local.credentials.identity_sig, peer.address, local.caps,
-        local.boot)
+        local.boot, local.credential)
 
 
 def accept_connected(local: LocalSide, msg: Connected, peer_cert_der: bytes,
@@ -194,7 +235,8 @@ def accept_connected(local: LocalSide, msg: Connected, peer_cert_der: bytes,
     handshake authenticated); the acceptor it describes, or SessionRefused."""
     _check_version_and_realm(local, msg.version, msg.realm)
     check_identity(msg.node_id, msg.identity_key, msg.identity_sig, peer_cert_der)
-    local.trust.check(local.realm, msg.name, msg.identity_key, None, (), pin=True)
+    local.trust.check(local.realm, msg.name, msg.identity_key, None, (), pin=True,
+                      node_id=msg.node_id, credential=msg.credential)
     return PeerInfo(msg.node_id, msg.name, msg.realm, "node",
                     _reachable(msg.listen, remote_addr), msg.identity_key, tuple(msg.caps),
                     _seen_at(remote_addr), msg.boot)

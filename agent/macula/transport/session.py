@@ -90,6 +90,7 @@ class SessionConfig:
     # from its handlers, by the peer's role and caps
     accepts: Callable[["PeerInfo"], Any] | None = None
     boot: bytes = field(default_factory=lambda: os.urandom(8))  # tells restarts from races
+    credential: bytes = b""                         # realm membership (docs/AUTH.md)
     credentials: LocalCredentials = field(init=False, repr=False)  # from identity and tls
 
     def __post_init__(self) -> None:

@@ -156,6 +156,7 @@ class Connect(NamedTuple):
     chain: Annotated[tuple, ListOf(Bytes(16384, 1), 4)] = ()
     caps: Caps = ()
     boot: Annotated[bytes, Bytes(16)] = b""       # random per process start (see PROTOCOL.md)
+    credential: Annotated[bytes, Bytes(1024)] = b""  # realm membership (docs/AUTH.md)
 
 
 @message(MsgType.CONNECTED)
@@ -171,6 +172,7 @@ class Connected(NamedTuple):
     observed: Addr                                  # the dialer's address as seen here
     caps: Caps = ()
     boot: Annotated[bytes, Bytes(16)] = b""
+    credential: Annotated[bytes, Bytes(1024)] = b""  # realm membership (docs/AUTH.md)
 
 
 @message(MsgType.PING)
