@@ -32,6 +32,7 @@ from macula.settings import Settings, derive
 from macula.transport import (
     CaTrust, Endpoint, PeerPool, RealmTrust, Session, SessionConfig, TofuTrust, TrustPolicy,
 )
+from macula.transport.authlimit import FailedAuth
 from macula.transport.budget import ReceiveBudget
 from macula.transport.reach import AddressBook, Reach
 from macula.transport.session import PeerInfo
@@ -197,7 +198,8 @@ class Node:
             receive_budget=ReceiveBudget(st.session.partial_frame_budget),
             peer_bytes_per_second=st.session.peer_bytes_per_second,
             peer_frames_per_second=st.session.peer_frames_per_second,
-            accepts=self._accepted_types, credential=credential)
+            accepts=self._accepted_types, credential=credential,
+            failed_auth=FailedAuth(max_sources=cfg.limits.cache_entries))
         self.pool = PeerPool(self.endpoint, session_cfg, st.pool)
         self.pool.on_peer_up = self._peer_up
         self.pool.on_peer_down = self._peer_down
@@ -244,7 +246,9 @@ class Node:
                     "pool": {k: v for k, v in dataclasses.asdict(pool.stats).items()
                              if isinstance(v, int)},
                     "pubsub": self.pubsub.status() if self.pubsub else {},
-                    "rpc": self.rpc.status() if self.rpc else {}}
+                    "rpc": self.rpc.status() if self.rpc else {},
+                    "auth": {"failed": auth.failures, "refused_early": auth.refused}
+                    if (auth := pool.cfg.failed_auth) is not None else {}}
 
         return Operations(facts=facts, status=self.status,
                           sessions=lambda: pool.peers() + pool.clients(), counters=counters,
@@ -463,6 +467,10 @@ class Node:
             "name": self.name, "node_id": self.node_id.hex(), "realm": self.cfg.node.realm,
             # 'open' (development: anyone who knows the name) or 'closed' (credentials)
             "realm_mode": "closed" if self.cfg.node.realm_authorities else "open",
+            # handshakes that failed authentication, and CONNECTs then refused unchecked
+            "auth": {"failed": self.pool.cfg.failed_auth.failures,
+                     "refused_early": self.pool.cfg.failed_auth.refused}
+            if self.pool is not None and self.pool.cfg.failed_auth is not None else None,
             "version": __version__, "tls_mode": self.cfg.tls.mode,
             "listen": f"{self.listen_address[0]}:{self.listen_address[1]}" if self.listen_address else None,
             "uptime_s": round(time.monotonic() - self.started_at, 1),

@@ -90,3 +90,24 @@ def test_a_closed_realm_node_without_its_own_credential_does_not_start(tmp_path)
     node = Node(closed_config(tmp_path, "a", credential=False), control=False)
     with pytest.raises(ConfigError, match="node.realm_credential"):
         asyncio.run(node.start())
+
+
+async def test_failed_authentications_are_limited_per_source(tmp_path):
+    from macula.transport.authlimit import FailedAuth
+
+    a = Node(closed_config(tmp_path, "a"), control=False)
+    await a.start()
+    a.pool.cfg.failed_auth = FailedAuth(limit=3, window=60.0)
+    stranger = Node(node_config(tmp_path / "s", "s", realm="test"), control=False)
+    await stranger.start()
+    codes = []
+    try:
+        for _ in range(5):
+            with pytest.raises(Exception) as err:
+                await stranger.pool.connect("127.0.0.1", a.listen_address[1], timeout=3)
+            codes.append(getattr(err.value, "code", None))
+    finally:
+        await stranger.stop()
+    assert codes == [ErrorCode.CREDENTIAL_INVALID] * 3 + [ErrorCode.RATE_LIMITED] * 2
+    assert a.status()["auth"] == {"failed": 3, "refused_early": 2}
+    await a.stop()

@@ -102,6 +102,9 @@ class NodeCollector:
         yield from _counters("macula_pool", "peer pool", counters["pool"])
         yield from _status_metrics("macula_pubsub", "pub/sub", counters["pubsub"])
         yield from _status_metrics("macula_rpc", "RPC", counters["rpc"])
+        # failed: handshakes that failed authentication; refused_early: CONNECTs then
+        # refused unchecked (transport/authlimit.py)
+        yield from _counters("macula_auth", "authentication", counters.get("auth", {}))
 
         yield GaugeMetricFamily("macula_memory_rss_bytes", "Resident memory of the agent.",
                                 value=rss_bytes())

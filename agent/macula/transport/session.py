@@ -26,6 +26,7 @@ from macula.errors import CLOSE_CODE_BASE, ErrorCode, ProtocolError, SessionRefu
 from macula.identity import Identity, TlsMaterial
 from macula.runtime.clock import MonotonicClock
 from macula.runtime.ratelimit import TokenBucket
+from macula.transport.authlimit import AUTH_FAILURES, FailedAuth
 from macula.transport import handshake
 from macula.transport.budget import ReceiveBudget
 from macula.transport.handshake import (
@@ -91,6 +92,7 @@ class SessionConfig:
     accepts: Callable[["PeerInfo"], Any] | None = None
     boot: bytes = field(default_factory=lambda: os.urandom(8))  # tells restarts from races
     credential: bytes = b""                         # realm membership (docs/AUTH.md)
+    failed_auth: FailedAuth | None = None           # node-wide, per source address
     credentials: LocalCredentials = field(init=False, repr=False)  # from identity and tls
 
     def __post_init__(self) -> None:
@@ -186,8 +188,17 @@ class Session:
         self._send_control(connect)
 
     def _handle_connect(self, msg: Connect) -> None:
-        self.peer = handshake.accept_connect(self.cfg, msg, self.link.odcid,
-                                             self.link.remote_addr)
+        limit, host = self.cfg.failed_auth, self.link.remote_addr[0]
+        if limit is not None and limit.blocked(host):
+            raise SessionRefused("too many failed authentications from this address; "
+                                 f"retry in {limit.window:g} s", code=ErrorCode.RATE_LIMITED)
+        try:
+            self.peer = handshake.accept_connect(self.cfg, msg, self.link.odcid,
+                                                 self.link.remote_addr)
+        except SessionRefused as err:
+            if limit is not None and err.code in AUTH_FAILURES:
+                limit.failed(host)
+            raise
         self._on_admit(self)  # before CONNECTED: a refused dialer never sees success
         self._send_control(handshake.build_connected(self.cfg, self.peer))
         self._establish()
