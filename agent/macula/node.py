@@ -163,6 +163,7 @@ class Node:
             identity = load_or_create_identity(self.state_dir)
         if self.log_fields is not None:
             self.log_fields.node_id, self.log_fields.realm = identity.node_id.hex(), cfg.node.realm
+        realm = self._realm_material(identity.node_id)  # refused before anything starts
         if cfg.tls.mode == "production":
             tls = load_production_material(cfg.tls.cert_file, cfg.tls.key_file, cfg.tls.ca_file)
             trust: TrustPolicy = CaTrust(cfg.tls.ca_file)
@@ -173,7 +174,10 @@ class Node:
             tofu.start()  # pins are written in batches off the loop from now on
             self._tofu = tofu
             trust = TofuTrust(tofu)
-        trust, credential = self._realm_trust(trust, identity.node_id)
+        credential = b""
+        if realm is not None:
+            authorities, credential, revoked = realm
+            trust = RealmTrust(trust, authorities, time.time, lambda: revoked)
         st = self.settings = derive(cfg)
         e = st.endpoint
         self.endpoint = Endpoint(tls, idle_timeout=e.idle_timeout,
@@ -256,16 +260,17 @@ class Node:
                           unwatch_peers=lambda f: listeners.remove(f) if f in listeners else None,
                           commands={**self.dht.control_commands(), "mesh": self._cmd_mesh})
 
-    def _realm_trust(self, inner: TrustPolicy, node_id: bytes) -> tuple[TrustPolicy, bytes]:
-        """A closed realm (node.realm_authorities set): peers' credentials are checked
-        before the inner policy, and this node's own credential must admit it, else the
-        node does not start (one line naming the key)."""
+    def _realm_material(self, node_id: bytes) -> tuple[list[bytes], bytes, frozenset] | None:
+        """A closed realm (node.realm_authorities set): its authority keys, this node's
+        credential and the revoked ids; peers' credentials are then checked before the
+        TLS policy. The node's own credential must admit it, else it does not start (one
+        line naming the key). None: an open realm."""
         n = self.cfg.node
         if not n.realm_authorities:
             log.info("realm %r is open: any node that knows its name may join "
-                        "(set node.realm_authorities to close it; docs/AUTH.md)", n.realm)
-            return inner, b""
-        from macula.identity.realm import CredentialError, verify
+                     "(set node.realm_authorities to close it; docs/AUTH.md)", n.realm)
+            return None
+        from macula.identity.realm import CredentialError, verify, verify_revocations
 
         authorities = [bytes.fromhex(k) for k in n.realm_authorities]
         if not n.realm_credential:
@@ -279,7 +284,22 @@ class Node:
         except CredentialError as exc:
             raise ConfigError(f"node.realm_credential = {n.realm_credential!r}: "
                               f"{exc.message}") from None
-        return RealmTrust(inner, authorities, time.time), credential
+        revoked: frozenset[bytes] = frozenset()
+        if n.realm_revocations:
+            with _names_key("node.realm_revocations", n.realm_revocations):
+                blob = Path(n.realm_revocations).read_bytes()
+            try:
+                serial, revoked = verify_revocations(blob, realm=n.realm,
+                                                     authorities=authorities)
+            except CredentialError as exc:
+                raise ConfigError(f"node.realm_revocations = {n.realm_revocations!r}: "
+                                  f"{exc.message}") from None
+            if node_id in revoked:
+                raise ConfigError(f"node.realm_revocations = {n.realm_revocations!r}: "
+                                  "this node's own id is revoked")
+            log.info("realm %r: revocation list %d, %d node(s) revoked", n.realm, serial,
+                     len(revoked))
+        return authorities, credential, revoked
 
     def _spawn(self, coro: Any) -> asyncio.Future:
         loop = asyncio.get_running_loop()

@@ -111,3 +111,36 @@ async def test_failed_authentications_are_limited_per_source(tmp_path):
     assert codes == [ErrorCode.CREDENTIAL_INVALID] * 3 + [ErrorCode.RATE_LIMITED] * 2
     assert a.status()["auth"] == {"failed": 3, "refused_early": 2}
     await a.stop()
+
+
+async def test_a_revoked_node_is_refused_though_its_credential_is_valid(tmp_path):
+    from macula.identity.realm import issue_revocations
+
+    stranger_id = load_or_create_identity(tmp_path / "s").node_id
+    revoked = tmp_path / "revoked"
+    revoked.write_bytes(issue_revocations(AUTHORITY.sign, AUTHORITY.public_key, "test",
+                                          [stranger_id], serial=1))
+    cfg = closed_config(tmp_path, "a")
+    a = Node(replace(cfg, node={**_node_section(cfg), "realm_revocations": str(revoked)}),
+             control=False)
+    await a.start()
+    s = Node(closed_config(tmp_path, "s"), control=False)   # a valid credential
+    await s.start()
+    try:
+        with pytest.raises(Exception) as err:
+            await s.pool.connect("127.0.0.1", a.listen_address[1], timeout=3)
+        assert getattr(err.value, "code", None) is ErrorCode.CREDENTIAL_INVALID
+        assert "revoked" in str(err.value)
+    finally:
+        await s.stop()
+        await a.stop()
+    own = Node(replace(cfg, node={**_node_section(closed_config(tmp_path, "s")),
+                                  "realm_revocations": str(revoked)}), control=False)
+    with pytest.raises(ConfigError, match="own id is revoked"):
+        await own.start()
+
+
+def _node_section(cfg) -> dict:
+    import dataclasses
+
+    return dataclasses.asdict(cfg.node)

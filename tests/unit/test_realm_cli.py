@@ -45,3 +45,20 @@ def test_admit_refuses_bad_input_with_one_line(tmp_path, capsys):
         err = capsys.readouterr().err
         assert what in err and "Traceback" not in err and err.count("\n") == 1, err
 
+
+
+def test_revoke_signs_the_whole_list_and_refuses_an_older_serial(tmp_path, capsys):
+    from macula.identity.realm import verify_revocations
+
+    key, out = tmp_path / "realm.key", tmp_path / "revoked"
+    main(["realm", "init", "--key", str(key)])
+    authority = read_private_key(key, "authority key").public_key
+    base = ["realm", "revoke", "--key", str(key), "--realm", "home", "--out", str(out)]
+    assert main([*base, NODE, "--serial", "1"]) == 0
+    assert verify_revocations(out.read_bytes(), realm="home", authorities={authority}) == \
+        (1, frozenset({bytes.fromhex(NODE)}))
+    capsys.readouterr()
+    assert main([*base, NODE, "cd" * 32, "--serial", "1"]) == 2     # not newer
+    assert "higher" in capsys.readouterr().err
+    assert main([*base, NODE, "cd" * 32, "--serial", "2"]) == 0
+    assert verify_revocations(out.read_bytes(), realm="home", authorities={authority})[0] == 2

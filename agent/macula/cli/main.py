@@ -137,6 +137,16 @@ def build_parser() -> argparse.ArgumentParser:
                               "default 365d)")
     r_admit.add_argument("--out", type=Path,
                          help="credential file to write (default: NODE_ID[:16].credential)")
+    r_revoke = realm_sub.add_parser("revoke", help="sign the list of revoked node ids "
+                                    "(the whole list: each new one replaces the last)")
+    r_revoke.add_argument("node_ids", metavar="NODE_ID", nargs="*",
+                          help="every node id revoked so far, 64 hex digits each")
+    r_revoke.add_argument("--key", type=Path, required=True, help="the realm's authority key")
+    r_revoke.add_argument("--realm", required=True, help="the realm the list is for")
+    r_revoke.add_argument("--serial", type=int, required=True,
+                          help="the list's number; higher than the one it replaces")
+    r_revoke.add_argument("--out", type=Path, required=True,
+                          help="the list file (node.realm_revocations on the nodes)")
     cfg = sub.add_parser("config", help="show or check configuration")
     cfg_sub = cfg.add_subparsers(dest="config_command", metavar="ACTION", required=True)
     with_config(cfg_sub.add_parser("show", help="the effective configuration"))
@@ -270,10 +280,12 @@ def _dispatch(args: argparse.Namespace) -> int:
         setup_logging("warning")
         return asyncio.run(run_demo(args.nodes, args.duration))
     if args.command == "realm":
-        from macula.cli.realm import realm_admit, realm_init
+        from macula.cli.realm import realm_admit, realm_init, realm_revoke
 
         if args.realm_command == "init":
             return realm_init(args.key)
+        if args.realm_command == "revoke":
+            return realm_revoke(args.key, args.realm, args.node_ids, args.serial, args.out)
         roles = [r for r in args.roles.split(",") if r]
         return realm_admit(args.key, args.realm, args.node_id, roles, args.expires, args.out)
     if args.command == "keys":

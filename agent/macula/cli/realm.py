@@ -10,7 +10,7 @@ from pathlib import Path
 from macula.errors import ErrorCode, MaculaError
 from macula.identity.files import write_atomic
 from macula.identity.keys import generate_identity_pem, read_private_key
-from macula.identity.realm import issue, verify
+from macula.identity.realm import issue, issue_revocations, verify, verify_revocations
 
 _DURATION = re.compile(r"(\d+)([smhd]?)")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -56,4 +56,32 @@ def realm_admit(key: Path, realm: str, node_id_hex: str, roles: list[str], expir
     until = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(now + ttl)) if ttl else "never"
     print(f"credential for {node_id_hex[:16]} in realm {realm!r}, roles "
           f"{', '.join(sorted(set(roles))) or 'none'}, expires {until}: {out} ({len(blob)} bytes)")
+    return 0
+
+
+def realm_revoke(key: Path, realm: str, node_ids_hex: list[str], serial: int,
+                 out: Path) -> int:
+    ids = []
+    for text in node_ids_hex:
+        try:
+            node_id = bytes.fromhex(text)
+        except ValueError:
+            node_id = b""
+        if len(node_id) != 32:
+            raise MaculaError(f"NODE_ID {text!r}: expected 64 hex digits",
+                              code=ErrorCode.BAD_FIELD)
+        ids.append(node_id)
+    signer = read_private_key(key, "authority key")
+    if out.exists():  # a new list must supersede the one it replaces
+        try:
+            old, _ = verify_revocations(out.read_bytes(), realm=realm,
+                                        authorities={signer.public_key})
+        except MaculaError:
+            old = -1
+        if serial <= old:
+            raise MaculaError(f"--serial {serial}: {out} has serial {old}; a new list needs "
+                              "a higher one", code=ErrorCode.BAD_FIELD)
+    blob = issue_revocations(signer.sign, signer.public_key, realm, ids, serial=serial)
+    write_atomic(out, blob, 0o644)
+    print(f"revocation list {serial} for realm {realm!r}: {len(set(ids))} node id(s): {out}")
     return 0

@@ -110,6 +110,9 @@ class NodeConfig:
         "anyone who knows its name is in", authority_keys, default=())
     realm_credential: str = _opt("closed realm: this node's membership credential file "
                                  "(`macula realm admit`)", default="")
+    realm_revocations: str = _opt("closed realm: the authority's signed list of revoked "
+                                  "node ids (`macula realm revoke`); empty = none",
+                                  default="")
 
 
 @dataclass(frozen=True)
