@@ -203,7 +203,7 @@ class Node:
             peer_bytes_per_second=st.session.peer_bytes_per_second,
             peer_frames_per_second=st.session.peer_frames_per_second,
             accepts=self._accepted_types, credential=credential,
-            failed_auth=FailedAuth(max_sources=cfg.limits.cache_entries))
+            failed_auth=FailedAuth(max_sources=st.session.failed_auth_sources))
         self.pool = PeerPool(self.endpoint, session_cfg, st.pool)
         self.pool.on_peer_up = self._peer_up
         self.pool.on_peer_down = self._peer_down
@@ -251,14 +251,17 @@ class Node:
                              if isinstance(v, int)},
                     "pubsub": self.pubsub.status() if self.pubsub else {},
                     "rpc": self.rpc.status() if self.rpc else {},
-                    "auth": {"failed": auth.failures, "refused_early": auth.refused}
-                    if (auth := pool.cfg.failed_auth) is not None else {}}
+                    "auth": self._auth_counts() or {}}
 
         return Operations(facts=facts, status=self.status,
                           sessions=lambda: pool.peers() + pool.clients(), counters=counters,
                           watch_peers=listeners.append,
                           unwatch_peers=lambda f: listeners.remove(f) if f in listeners else None,
                           commands={**self.dht.control_commands(), "mesh": self._cmd_mesh})
+
+    def _auth_counts(self) -> dict[str, int] | None:
+        auth = self.pool.cfg.failed_auth if self.pool is not None else None
+        return None if auth is None else {"failed": auth.failures, "refused_early": auth.refused}
 
     def _realm_material(self, node_id: bytes) -> tuple[list[bytes], bytes, frozenset] | None:
         """A closed realm (node.realm_authorities set): its authority keys, this node's
@@ -488,9 +491,7 @@ class Node:
             # 'open' (development: anyone who knows the name) or 'closed' (credentials)
             "realm_mode": "closed" if self.cfg.node.realm_authorities else "open",
             # handshakes that failed authentication, and CONNECTs then refused unchecked
-            "auth": {"failed": self.pool.cfg.failed_auth.failures,
-                     "refused_early": self.pool.cfg.failed_auth.refused}
-            if self.pool is not None and self.pool.cfg.failed_auth is not None else None,
+            "auth": self._auth_counts(),
             "version": __version__, "tls_mode": self.cfg.tls.mode,
             "listen": f"{self.listen_address[0]}:{self.listen_address[1]}" if self.listen_address else None,
             "uptime_s": round(time.monotonic() - self.started_at, 1),

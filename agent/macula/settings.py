@@ -40,6 +40,7 @@ class SessionSettings:
     partial_frame_budget: int     # node-wide bytes of partly received frames
     peer_bytes_per_second: int
     peer_frames_per_second: int
+    failed_auth_sources: int      # addresses whose failed authentications are counted
 
 
 @dataclass(frozen=True)
@@ -101,7 +102,8 @@ def derive(cfg: Config) -> Settings:
             partial_frame_budget=max(lim.partial_frame_bytes_total,
                                      2 * (lim.max_frame_bytes + HEADER_SIZE)),
             peer_bytes_per_second=lim.peer_bytes_per_second,
-            peer_frames_per_second=lim.peer_frames_per_second),
+            peer_frames_per_second=lim.peer_frames_per_second,
+            failed_auth_sources=lim.cache_entries),
         pool=PoolSettings(
             max_peers=lim.max_peers, max_clients=lim.max_clients, idle_ttl=t.pool_idle,
             keepalive=t.keepalive, connect_timeout=t.connect,

@@ -45,16 +45,24 @@ def _seconds(text: str) -> float:
     return value
 
 
-def _realm(text: str) -> str:
-    from macula.wire.fields import FieldError
-    from macula.wire.messages import REGISTRY, MsgType
+def _wire_name(msg: str, field: str, what: str):
+    """An argparse type checking a name against the field validator of the message that
+    will carry it: the node would refuse it with an ERROR the CLI only logs."""
+    def check(text: str) -> str:
+        from macula.wire.fields import FieldError
+        from macula.wire.messages import REGISTRY, MsgType
 
-    try:
-        dict(REGISTRY[MsgType.CONNECT].validators)["realm"](text)
-    except FieldError as exc:
-        raise argparse.ArgumentTypeError(f"realm {exc} (1-64 letters, digits, '.', '_', '-'; "
-                                         "first a letter or digit)") from None
-    return text
+        try:
+            dict(REGISTRY[MsgType[msg]].validators)[field](text)
+        except FieldError as exc:
+            raise argparse.ArgumentTypeError(f"{what} {exc} (1-64 letters, digits, '.', "
+                                             "'_', '-'; first a letter or digit)") from None
+        return text
+    return check
+
+
+_realm = _wire_name("CONNECT", "realm", "realm")
+_group = _wire_name("SUBSCRIBE", "group", "queue group")
 
 
 def _node_address(text: str) -> str:
@@ -72,20 +80,6 @@ def _node_address(text: str) -> str:
     except socket.gaierror as exc:
         raise argparse.ArgumentTypeError(f"{text!r}: cannot resolve {host!r}: "
                                          f"{exc.strerror}") from None
-    return text
-
-
-def _group(text: str) -> str:
-    """The node refuses a SUBSCRIBE whose group breaks its schema, with an ERROR the CLI
-    only logs: check it here against the same field validator."""
-    from macula.wire.fields import FieldError
-    from macula.wire.messages import REGISTRY, MsgType
-
-    try:
-        dict(REGISTRY[MsgType.SUBSCRIBE].validators)["group"](text)
-    except FieldError as exc:
-        raise argparse.ArgumentTypeError(f"queue group {exc} (1-64 letters, digits, "
-                                         "'.', '_', '-'; first a letter or digit)") from None
     return text
 
 

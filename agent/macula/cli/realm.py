@@ -25,6 +25,17 @@ def parse_duration(text: str) -> int:
     return int(m.group(1)) * _UNITS[m.group(2)]
 
 
+def parse_node_id(text: str) -> bytes:
+    try:
+        node_id = bytes.fromhex(text)
+    except ValueError:
+        node_id = b""
+    if len(node_id) != 32:
+        raise MaculaError(f"NODE_ID {text!r}: expected 64 hex digits (`macula keys show` on "
+                          "the node prints it)", code=ErrorCode.BAD_FIELD)
+    return node_id
+
+
 def realm_init(key: Path) -> int:
     if key.exists():
         raise MaculaError(f"--key {key}: exists; an authority key is never overwritten",
@@ -38,13 +49,7 @@ def realm_init(key: Path) -> int:
 
 def realm_admit(key: Path, realm: str, node_id_hex: str, roles: list[str], expires: str,
                 out: Path | None) -> int:
-    try:
-        node_id = bytes.fromhex(node_id_hex)
-    except ValueError:
-        node_id = b""
-    if len(node_id) != 32:
-        raise MaculaError(f"NODE_ID {node_id_hex!r}: expected 64 hex digits (`macula keys "
-                          "show` on the node prints it)", code=ErrorCode.BAD_FIELD)
+    node_id = parse_node_id(node_id_hex)
     signer = read_private_key(key, "authority key")
     now = int(time.time())
     ttl = parse_duration(expires)
@@ -61,16 +66,7 @@ def realm_admit(key: Path, realm: str, node_id_hex: str, roles: list[str], expir
 
 def realm_revoke(key: Path, realm: str, node_ids_hex: list[str], serial: int,
                  out: Path) -> int:
-    ids = []
-    for text in node_ids_hex:
-        try:
-            node_id = bytes.fromhex(text)
-        except ValueError:
-            node_id = b""
-        if len(node_id) != 32:
-            raise MaculaError(f"NODE_ID {text!r}: expected 64 hex digits",
-                              code=ErrorCode.BAD_FIELD)
-        ids.append(node_id)
+    ids = [parse_node_id(text) for text in node_ids_hex]
     signer = read_private_key(key, "authority key")
     if out.exists():  # a new list must supersede the one it replaces
         try:

@@ -19,6 +19,7 @@ expiry), signature = Ed25519 by the authority over ``CREDENTIAL_CONTEXT + body``
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Callable, Collection
 
@@ -35,6 +36,7 @@ MAX_ROLES = 8
 MAX_ROLE = 32
 MAX_REVOKED = 65536            # node ids in one revocation list
 FORMAT = 1
+_NAME = re.compile(NAME_PATTERN)
 
 
 class CredentialError(MaculaError):
@@ -146,14 +148,12 @@ def _outer(blob: bytes, what: bytes) -> tuple[bytes, bytes]:
 
 def _check_fields(realm: object, node_id: object, roles: tuple, issued: object,
                   expires: object, authority: object) -> None:
-    import re
-
-    if not isinstance(realm, str) or not re.fullmatch(NAME_PATTERN, realm) or len(realm) > 64:
+    if not isinstance(realm, str) or not _NAME.fullmatch(realm):
         raise CredentialError(f"credential realm {realm!r} is not a realm name")
     if not isinstance(node_id, bytes) or len(node_id) != 32:
         raise CredentialError("credential node id is not 32 bytes")
     if len(roles) > MAX_ROLES or any(not isinstance(r, str) or not 0 < len(r) <= MAX_ROLE
-                                     or not re.fullmatch(NAME_PATTERN, r) for r in roles):
+                                     or not _NAME.fullmatch(r) for r in roles):
         raise CredentialError(f"credential roles: up to {MAX_ROLES} names of 1-{MAX_ROLE} "
                               "letters, digits, '.', '_', '-'")
     if not isinstance(issued, int) or not isinstance(expires, int) or issued < 0 \

@@ -37,6 +37,7 @@ from typing import Any, Collection, NamedTuple, Protocol
 
 from macula.pubsub.router import PubSubRouter, Route
 from macula.pubsub.topics import TopicError
+from macula.runtime.outputs import CoreOutputs
 from macula.wire.messages import Deliver, PubsubRoute
 
 WAITING_OVERHEAD = 96       # bytes charged per waiting publish beyond payload and topic
@@ -82,10 +83,9 @@ class _Waiting:
 
 
 _NONE: frozenset = frozenset()
-_EMPTY: tuple = ()
 
 
-class PubSubCore:
+class PubSubCore(CoreOutputs):
     def __init__(self, node_id: bytes, router: PubSubRouter, interest: InterestView,
                  budget: Budget, *, queue_bytes: int, hold: bool = True) -> None:
         """``queue_bytes``: a waiting topic's bound (a subscriber outbox's, too);
@@ -96,8 +96,7 @@ class PubSubCore:
         self.budget = budget
         self.queue_bytes = queue_bytes
         self.hold = hold
-        self.out: list[tuple[Any, Any, Any]] = []
-        self.events: deque[Any] = deque()   # drained by next_event
+        super().__init__()   # out: (destination, message, source) triples; events
         self._waiting: dict[str, _Waiting] = {}
         self.stats = {"published": 0, "delivered": 0, "routed_out": 0, "routed_in": 0,
                       "dropped": 0, "waiting_dropped": 0, "routed_early": 0}
@@ -105,17 +104,7 @@ class PubSubCore:
         self.routed_to: Counter[bytes] = Counter()
         self.routed_from: Counter[bytes] = Counter()
 
-    # -- the core shape ----------------------------------------------------------------
-    def messages_to_send(self) -> list[tuple[Any, Any, Any]]:
-        out = self.out
-        if not out:
-            return _EMPTY
-        self.out = []
-        return out
-
-    def next_event(self) -> Any:
-        return self.events.popleft() if self.events else None
-
+    # -- the core shape (messages_to_send / next_event: CoreOutputs) --------------------
     def waiting(self, topic: str) -> int | None:
         """Publishes of ``topic`` waiting for its lookup; None when it is not waiting."""
         w = self._waiting.get(topic)

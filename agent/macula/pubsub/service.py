@@ -12,11 +12,11 @@ session or in-process publisher that fed it (``FlowGate``).
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any, Collection, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from macula.errors import ErrorCode, MaculaError
 from macula.host import PeerDown, PeerEvent
-from macula.pubsub.core import Hold, NeedInterest, PubSubCore, Release
+from macula.pubsub.core import Hold, InterestView, NeedInterest, PubSubCore, Release
 from macula.pubsub.router import PubSubRouter
 from macula.pubsub.topics import TopicError
 from macula.transport.outbox import ByteBudget, FlowGate, Outbox
@@ -35,13 +35,11 @@ log = logging.getLogger("macula.pubsub")
 MAX_PEER_HOLD_MS = 10_000   # a peer node's PUBSUB_FLOW pause lasts at most this long
 
 
-class InterestSource(Protocol):
-    """Tells the router which remote nodes want a topic (DHT or cluster state)."""
+class InterestSource(InterestView, Protocol):
+    """Tells the router which remote nodes want a topic (DHT or cluster state): what
+    the core asks, and the lookup the edge runs for it."""
 
-    def ready(self, topic: str) -> bool: ...            # remote interest for topic is known
     async def resolve(self, topic: str) -> None: ...     # learn it (updates the router)
-    def direct_nodes(self) -> Collection[bytes]: ...     # nodes known without any lookup
-    def local_changed(self) -> None: ...                 # our subscriptions changed
 
 
 class PubSubService:
@@ -152,12 +150,8 @@ class PubSubService:
         """Publish from this node (for a client, an in-process publisher, or the node
         itself); ``source`` is held back while what it fed is congested. Raises
         TopicError."""
-        core = self.core
-        core.publish(topic, payload, reply_to, headers, source)
-        if core.out:
-            self._send_out(core.messages_to_send())
-        if core.events:
-            self._handle_events()
+        self.core.publish(topic, payload, reply_to, headers, source)
+        self._pump()
 
     def _pump(self) -> None:
         core = self.core

@@ -26,13 +26,13 @@ calls waiting for it. Timers: ``get_timer`` / ``handle_timer`` (call deadlines).
 from __future__ import annotations
 
 import random
-from collections import deque
 from typing import Any, NamedTuple, Protocol
 
 from macula.errors import ErrorCode
 from macula.rpc.calls import CallsFull, CallTable, PendingCall, choose_provider
 from macula.rpc.local import LocalProcedures
 from macula.rpc.names import procedure_error
+from macula.runtime.outputs import CoreOutputs
 from macula.wire.messages import Call, Reply
 
 
@@ -45,14 +45,11 @@ class ProviderView(Protocol):
     def returned(self, node_id: bytes) -> None: ...                  # a session to it again
 
 
-_EMPTY: tuple = ()
-
-
 class Discover(NamedTuple):
     procedure: str
 
 
-class RpcCore:
+class RpcCore(CoreOutputs):
     def __init__(self, node_id: bytes, local: LocalProcedures, providers: ProviderView | None,
                  *, max_pending: int, rng: random.Random | None = None) -> None:
         """``local``: what this node's clients registered; ``providers`` None: local
@@ -62,23 +59,12 @@ class RpcCore:
         self.providers = providers
         self.table = CallTable(max_pending)
         self._rng = rng or random.Random()
-        self.out: list[tuple[Any, Any]] = []
-        self.events: deque[Any] = deque()   # drained by next_event
+        super().__init__()   # out: (destination, message) pairs; events
         self._discovering: dict[str, list[PendingCall]] = {}
         self.stats = {"calls": 0, "no_responders": 0, "timeouts": 0, "overloaded": 0,
                       "retries": 0, "remote": 0}
 
-    # -- the core shape ----------------------------------------------------------------
-    def messages_to_send(self) -> list[tuple[Any, Any]]:
-        out = self.out
-        if not out:
-            return _EMPTY
-        self.out = []
-        return out
-
-    def next_event(self) -> Any:
-        return self.events.popleft() if self.events else None
-
+    # -- the core shape (messages_to_send / next_event: CoreOutputs) --------------------
     def get_timer(self) -> float | None:
         return self.table.next_deadline()
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from macula.errors import ErrorCode, MaculaError
 from macula.host import PeerDown, PeerEvent
-from macula.rpc.core import Discover, RpcCore
+from macula.rpc.core import Discover, ProviderView, RpcCore
 from macula.rpc.local import LocalProcedures
 from macula.rpc.names import procedure_error
 from macula.runtime.driver import CoreDriver
@@ -28,15 +28,12 @@ if TYPE_CHECKING:
 log = logging.getLogger("macula.rpc")
 
 
-class ProviderSource(Protocol):
+class ProviderSource(ProviderView, Protocol):
     """Remote providers of a procedure: the cluster's replicated registrations and
-    discovery through the DHT (rpc/discovery.py)."""
+    discovery through the DHT (rpc/discovery.py): what the core asks, and the lookup the
+    edge runs for it."""
 
-    def cached(self, procedure: str) -> list[bytes] | None: ...     # None: not known yet
     async def discover(self, procedure: str) -> list[bytes]: ...
-    def local_changed(self, procedure: str, served: bool) -> None: ...  # advertise / withdraw
-    def forget(self, node_id: bytes) -> None: ...                    # its node went away
-    def returned(self, node_id: bytes) -> None: ...                  # a session to it again
 
 
 class LocalCaller:

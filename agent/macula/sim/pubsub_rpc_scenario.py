@@ -47,16 +47,10 @@ from macula.pubsub.router import PubSubRouter
 from macula.rpc.core import Discover, RpcCore
 from macula.rpc.local import LocalProcedures
 from macula.sim.sim import Sim
+from macula.transport.outbox import ByteBudget
 from macula.wire.messages import Call, Deliver, PubsubRoute, Reply
 
 INF = float("inf")
-
-
-class _Budget:
-    __slots__ = ("limit", "used")
-
-    def __init__(self, limit: int) -> None:
-        self.limit, self.used = limit, 0
 
 
 class Directory:
@@ -154,7 +148,7 @@ class SimNode:
         self.router = PubSubRouter(max_subscriptions=1024, max_per_owner=64,
                                    rng=random.Random(run.rng.getrandbits(64)))
         self.interest = _Interest(self)
-        self.pubsub = PubSubCore(node_id, self.router, self.interest, _Budget(8 << 20),
+        self.pubsub = PubSubCore(node_id, self.router, self.interest, ByteBudget(8 << 20),
                                  queue_bytes=256 << 10)
         self.local = LocalProcedures()
         self.providers = _Providers(self)

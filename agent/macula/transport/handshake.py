@@ -132,7 +132,6 @@ class RealmTrust:
         self.authorities = frozenset(authorities)
         self.clock = clock          # wall clock (credentials carry Unix times)
         self.revoked = revoked
-        self.refused = 0
 
     def check(self, realm: str, name: str, identity_key: bytes, cert_der: bytes | None,
               chain_der: Sequence[bytes], pin: bool, node_id: bytes = b"",
@@ -142,7 +141,6 @@ class RealmTrust:
                 verify(credential, realm=realm, node_id=node_id, authorities=self.authorities,
                        now=self.clock(), revoked=self.revoked())
             except CredentialError as exc:
-                self.refused += 1
                 raise SessionRefused(f"realm {realm!r}: {exc.message}",
                                      code=ErrorCode.CREDENTIAL_INVALID) from None
         self.inner.check(realm, name, identity_key, cert_der, chain_der, pin, node_id,
