@@ -543,7 +543,16 @@ class Client:
         log.info("reconnected to node %s (%s)", self.address, self.node_name)
         if self._buffer:
             self._spawn(self._resend(session))
-        self._notify(self.on_reconnect, self.address)
+        self._spawn(self._reconnected(self.address))
+
+    async def _reconnected(self, address: str) -> None:
+        """Tell ``on_reconnect`` once the node has processed the restored subscriptions
+        and procedures (one round trip), so a publish made on hearing it is delivered."""
+        try:
+            await self.flush(self.connect_timeout)
+        except (ConnectionLost, asyncio.TimeoutError):
+            return  # lost again before that: on_disconnect says so
+        self._notify(self.on_reconnect, address)
 
     async def _resend(self, session: Session) -> None:
         """The publishes buffered while disconnected, in order; publishes made meanwhile
